@@ -1,0 +1,137 @@
+/* engine.h - the rule engine as the C side sees it (the only door to Lua).
+ *
+ * An ar_engine owns one Lua 5.4 state with a counting allocator (memory cap),
+ * the embedded Lua sources of rules/ (prelude, JSON->Lua compiler, loader,
+ * study model, default layout), lua-cjson for every JSON decode, and the
+ * loaded rules, each in its own sandbox environment (no io/os/package/debug/
+ * require/dofile/loadfile, no binary chunks, unknown globals are an error).
+ * Every call into Lua is protected (lua_pcall + traceback handler) and
+ * bounded (instruction budget + wall-clock deadline through a count hook that
+ * re-arms itself once over budget so a rule's own pcall can't swallow the
+ * stop).  A failing rule yields an error for that rule only.
+ *
+ * Data walks forward: changes body -> ar_change[]; Orthanc answers -> the
+ * current study snapshot (held inside the engine); snapshot + rules ->
+ * ar_verdict[]; verdict -> ar_plan (sanitised folder + files) for core/export.
+ * No function here does HTTP; the caller fetches and hands over bodies.
+ */
+#ifndef AR_ENGINE_H
+#define AR_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../core/export.h"
+
+typedef struct ar_engine ar_engine;
+
+typedef struct ar_engine_opts {
+    long long instruction_budget; /* per call into a rule; <= 0: 10,000,000 */
+    long timeout_ms;              /* per call into a rule; <= 0: 2000 */
+    long memory_mb;               /* whole state; <= 0: 64 */
+} ar_engine_opts;
+
+int ar_engine_new(const ar_engine_opts *o, ar_engine **out, char *err, size_t errlen);
+void ar_engine_free(ar_engine *e);
+
+/* ---- rules ---------------------------------------------------------------- */
+
+typedef struct ar_rule_info {
+    char name[256];         /* file name without .json/.lua */
+    char file[4096];        /* path it was loaded from */
+    char kind[8];           /* "json" | "lua" */
+    char check_on[16];      /* "study" | "series" */
+    char action[16];        /* "download" | "forward" */
+    char destination[256];  /* modality for forward, "" otherwise */
+    int active;             /* IsActive */
+    int ok;                 /* 0: broken, see error */
+    char error[2048];       /* "rules/x.json: Tags[2].Operator: unknown operator 'foo' (allowed: ...)" */
+} ar_rule_info;
+
+/* Replace the loaded rules by every rule file in dir: *.json and *.lua whose
+ * name does not start with "master" and does not contain "template".  Broken
+ * files are kept as rules with ok=0 (reported by the caller).  Returns an
+ * error only when the folder itself can't be read. */
+int ar_engine_load_rules_dir(ar_engine *e, const char *dir, char *err, size_t errlen);
+
+/* Replace the loaded rules by exactly these files (for `check FILE...`). */
+int ar_engine_load_rule_files(ar_engine *e, const char *const *files, size_t n,
+                              char *err, size_t errlen);
+
+size_t ar_engine_rule_count(const ar_engine *e);
+const ar_rule_info *ar_engine_rule(const ar_engine *e, size_t i);
+
+/* The Lua source a JSON rule compiles to (for Lua rules: the file itself).
+ * *out is malloc'ed. */
+int ar_engine_rule_source(ar_engine *e, size_t i, char **out, char *err, size_t errlen);
+
+/* ---- Orthanc answers ---------------------------------------------------- */
+
+typedef struct ar_change {
+    int64_t seq;
+    char change_type[32];    /* "StableStudy", "StableSeries", "NewInstance", ... */
+    char resource_type[16];  /* "Study", "Series", "Instance", "Patient" */
+    char id[128];            /* Orthanc id */
+} ar_change;
+
+/* Decode a /changes answer.  *out malloc'ed. */
+int ar_engine_decode_changes(ar_engine *e, const char *body, size_t len, ar_change **out,
+                             size_t *n, int64_t *last, int *done, char *err, size_t errlen);
+
+/* Decode a /series/<id> answer: the parent study id. */
+int ar_engine_decode_parent_study(ar_engine *e, const char *body, size_t len,
+                                  char *study_id, size_t idlen, char *err, size_t errlen);
+
+/* Make the current study snapshot from the three answers
+ * /studies/<id>, /studies/<id>/series, /studies/<id>/instances. */
+int ar_engine_set_study(ar_engine *e, const char *study, size_t study_len,
+                        const char *series, size_t series_len,
+                        const char *instances, size_t instances_len,
+                        char *err, size_t errlen);
+
+/* Same from a fixture file's content: {"study": <answer>, "series": [...],
+ * "instances": [...]} (the shapes of the three answers above). */
+int ar_engine_set_study_fixture(ar_engine *e, const char *json, size_t len,
+                                char *err, size_t errlen);
+
+/* Orthanc id of the current study ("" if none). */
+const char *ar_engine_study_id(const ar_engine *e);
+
+/* ---- decisions ---------------------------------------------------------- */
+
+typedef struct ar_verdict {
+    size_t rule;             /* index into the loaded rules */
+    char series_id[128];     /* "" for a study rule; the series for a series rule */
+    int matched;
+    int error;               /* 1: the rule failed; message in reason */
+    char reason[1024];       /* why it did not match / the error */
+} ar_verdict;
+
+/* Evaluate every ok+active rule against the current study: one verdict per
+ * study rule, one per (series rule, series).  only_series: if not NULL,
+ * series rules are evaluated for that series only and study rules are
+ * skipped (a StableSeries change); if NULL, series rules are skipped (a
+ * StableStudy change) unless all_levels is set.  *out malloc'ed. */
+int ar_engine_evaluate(ar_engine *e, const char *only_series, int all_levels,
+                       ar_verdict **out, size_t *n, char *err, size_t errlen);
+
+/* The export plan of a matched (rule, series_id) on the current study:
+ * folder = "<rule>/<name...>" (every component sanitised), files with
+ * sanitised relative paths, expected sizes and instance ids. */
+typedef struct ar_plan {
+    char *folder;              /* malloc'ed */
+    ar_export_file *files;     /* malloc'ed array */
+    size_t n;
+    long long total_bytes;     /* -1 if any size unknown */
+    void *owned_;              /* internal storage of the strings */
+} ar_plan;
+
+int ar_engine_plan(ar_engine *e, size_t rule, const char *series_id, ar_plan *out,
+                   char *err, size_t errlen);
+void ar_plan_free(ar_plan *p);
+
+/* Call the rule's on_exported(study, path) hook if it has one. */
+int ar_engine_on_exported(ar_engine *e, size_t rule, const char *series_id,
+                          const char *path, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,86 @@
+/* state.h - the daemon's durable state: one SQLite database per state folder.
+ *
+ * Promises:
+ *  - the change cursor and the job ledger change together in one transaction
+ *    (ar_state_record_jobs), so a crash never skips a change and never loses
+ *    a job: jobs are recorded before they run and marked done after the final
+ *    rename;
+ *  - a (rule, resource, change_seq) job exists at most once;
+ *  - folder ownership: each exported folder (relative to the storage root)
+ *    belongs to exactly one owner key ("<rule>|<orthanc resource id>"), so two
+ *    different studies never share a folder.
+ * The database is `<state_dir>/autorthanc.sqlite` (WAL mode, synchronous=FULL).
+ * Not thread-safe: one ar_state per thread.
+ */
+#ifndef AR_STATE_H
+#define AR_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct ar_state ar_state;
+
+enum { AR_JOB_PENDING = 0, AR_JOB_DONE = 1, AR_JOB_FAILED = 2, AR_JOB_GONE = 3 };
+
+typedef struct ar_job {
+    int64_t id;
+    char rule[256];
+    char level[16];          /* "study" | "series" */
+    char resource_id[128];   /* Orthanc id of the study or series */
+    char study_id[128];      /* Orthanc id of the study */
+    int64_t change_seq;      /* the Stable* change that caused the job */
+    char action[16];         /* "download" | "forward" */
+    int status;              /* AR_JOB_* */
+    int attempts;
+    double next_attempt_at;  /* unix time; 0 = now */
+    char last_error[1024];
+    char path[1024];         /* export folder relative to storage, once known */
+    long long bytes;
+} ar_job;
+
+/* Creates state_dir (mode 0700) and the database if missing. */
+int ar_state_open(const char *state_dir, ar_state **out, char *err, size_t errlen);
+void ar_state_close(ar_state *st);
+
+/* *has is 0 when no cursor was ever saved. */
+int ar_state_get_cursor(ar_state *st, int64_t *cursor, int *has, char *err, size_t errlen);
+int ar_state_set_cursor(ar_state *st, int64_t cursor, char *err, size_t errlen);
+
+/* In ONE transaction: insert the n jobs (ignoring ones already present, by
+ * (rule, resource_id, change_seq)) as PENDING and set the cursor to
+ * new_cursor.  n may be 0 (just moves the cursor). */
+int ar_state_record_jobs(ar_state *st, const ar_job *jobs, size_t n, int64_t new_cursor,
+                         char *err, size_t errlen);
+
+/* Jobs that are PENDING and due (next_attempt_at <= now), oldest first.
+ * *out is malloc'ed (free with free()). */
+int ar_state_due_jobs(ar_state *st, double now, ar_job **out, size_t *n, char *err, size_t errlen);
+
+/* List jobs; status_filter < 0 = all. */
+int ar_state_list_jobs(ar_state *st, int status_filter, ar_job **out, size_t *n,
+                       char *err, size_t errlen);
+
+int ar_state_job_done(ar_state *st, int64_t id, const char *path, long long bytes,
+                      char *err, size_t errlen);
+int ar_state_job_gone(ar_state *st, int64_t id, const char *why, char *err, size_t errlen);
+/* Failed attempt: attempts++, last_error = why.  If retry_at > 0 the job stays
+ * PENDING until retry_at; else it becomes FAILED. */
+int ar_state_job_failed(ar_state *st, int64_t id, const char *why, double retry_at,
+                        char *err, size_t errlen);
+/* FAILED -> PENDING (attempts reset).  id < 0: all failed jobs.  *count = requeued. */
+int ar_state_job_requeue(ar_state *st, int64_t id, int *count, char *err, size_t errlen);
+
+/* Folder ownership.  Claims `rel` for `owner` and writes the folder to use
+ * into out: `rel` itself if free or already owned by `owner`, else
+ * `rel~<suffix>` where suffix is the first 8 chars of `owner_suffix_src`
+ * (then ~2, ~3... if even that is taken).  Persists the claim. */
+int ar_state_claim_folder(ar_state *st, const char *rel, const char *owner,
+                          const char *owner_suffix_src, char *out, size_t outlen,
+                          char *err, size_t errlen);
+
+/* Generic key/value (status info etc.). */
+int ar_state_get_kv(ar_state *st, const char *key, char *val, size_t vallen, int *has,
+                    char *err, size_t errlen);
+int ar_state_set_kv(ar_state *st, const char *key, const char *val, char *err, size_t errlen);
+
+#endif
