@@ -1,0 +1,89 @@
+/* orthanc.c - see orthanc.h */
+#include "orthanc.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "err.h"
+
+void ar_study_answers_free(ar_study_answers *a)
+{
+    ar_buf_free(&a->study);
+    ar_buf_free(&a->series);
+    ar_buf_free(&a->instances);
+}
+
+int ar_orthanc_valid_id(const char *id)
+{
+    if (!id || !*id || strlen(id) > 100)
+        return 0;
+    for (const char *p = id; *p; p++)
+        if (!((*p >= '0' && *p <= '9') || (*p >= 'a' && *p <= 'f') || *p == '-'))
+            return 0;
+    return 1;
+}
+
+int ar_orthanc_fetch_study(ar_http *h, const char *study_id, ar_study_answers *out,
+                           char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    char path[256];
+    memset(out, 0, sizeof *out);
+    if (!ar_orthanc_valid_id(study_id))
+        return ar_seterr(err, errlen, AR_EHTTP, "invalid Orthanc study id '%.100s'", study_id);
+    snprintf(path, sizeof path, "/studies/%s", study_id);
+    if ((rc = ar_http_get(h, path, &out->study, err, errlen)))
+        goto out;
+    snprintf(path, sizeof path, "/studies/%s/series", study_id);
+    if ((rc = ar_http_get(h, path, &out->series, err, errlen)))
+        goto out;
+    snprintf(path, sizeof path, "/studies/%s/instances", study_id);
+    if ((rc = ar_http_get(h, path, &out->instances, err, errlen)))
+        goto out;
+    rc = AR_OK;
+out:
+    if (rc)
+        ar_study_answers_free(out);
+    return rc;
+}
+
+int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/changes?since=%" PRId64 "&limit=%d", since, limit);
+    return ar_http_get(h, path, out, err, errlen);
+}
+
+int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen)
+{
+    char path[256];
+    memset(out, 0, sizeof *out);
+    if (!ar_orthanc_valid_id(series_id))
+        return ar_seterr(err, errlen, AR_EHTTP, "invalid Orthanc series id '%.100s'", series_id);
+    snprintf(path, sizeof path, "/series/%s", series_id);
+    return ar_http_get(h, path, out, err, errlen);
+}
+
+int ar_url_segment(const char *s, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        int plain = (*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') ||
+                    (*p >= '0' && *p <= '9') || *p == '-' || *p == '_' || *p == '.' || *p == '~';
+        if (o + (plain ? 1 : 3) >= outlen)
+            return AR_ERR;
+        if (plain) {
+            out[o++] = (char)*p;
+        } else {
+            out[o++] = '%';
+            out[o++] = hex[*p >> 4];
+            out[o++] = hex[*p & 15];
+        }
+    }
+    if (o >= outlen)
+        return AR_ERR;
+    out[o] = 0;
+    return AR_OK;
+}

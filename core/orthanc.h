@@ -1,0 +1,33 @@
+/* orthanc.h - the Orthanc REST calls the daemon makes, as raw answers.
+ *
+ * Only URLs and HTTP here (decoding is the engine's job).  A study snapshot
+ * always costs exactly three requests, whatever the number of series,
+ * instances or rules.
+ */
+#ifndef AR_ORTHANC_H
+#define AR_ORTHANC_H
+
+#include <stdint.h>
+
+#include "http.h"
+
+typedef struct ar_study_answers {
+    ar_buf study;      /* /studies/<id> */
+    ar_buf series;     /* /studies/<id>/series */
+    ar_buf instances;  /* /studies/<id>/instances */
+} ar_study_answers;
+
+void ar_study_answers_free(ar_study_answers *a);
+
+/* ids are Orthanc ids: checked to be [0-9a-f-]+ before being put in a URL. */
+int ar_orthanc_valid_id(const char *id);
+
+int ar_orthanc_fetch_study(ar_http *h, const char *study_id, ar_study_answers *out,
+                           char *err, size_t errlen);
+int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen);
+int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen);
+
+/* Percent-encode s for one URL path segment into out. */
+int ar_url_segment(const char *s, char *out, size_t outlen);
+
+#endif
