@@ -1,0 +1,120 @@
+/* app.c - see app.h */
+#include "app.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "../core/dirsig.h"
+#include "../core/err.h"
+#include "../core/log.h"
+
+static const char *const rule_suffixes[] = {".json", ".lua", NULL};
+
+int ar_app_config(ar_app *a, const char *config_path)
+{
+    char err[1024] = "";
+    if (ar_config_load(&a->cfg, config_path, err, sizeof err)) {
+        fprintf(stderr, "autorthanc: configuration error: %s\n", err);
+        return AR_EXIT_USAGE;
+    }
+    ar_log_setup(a->cfg.log_level, a->cfg.log_json);
+    return AR_EXIT_OK;
+}
+
+int ar_app_open_http(ar_app *a)
+{
+    char err[1024] = "";
+    ar_http_opts o = {
+        .base_url = a->cfg.orthanc_url,
+        .username = a->cfg.orthanc_username,
+        .password = a->cfg.orthanc_password,
+        .timeout_s = a->cfg.http_timeout,
+        .connect_timeout_s = 10,
+    };
+    if (ar_http_new(&o, &a->http, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "http.init", NULL, "%s", err);
+        return AR_EXIT_USAGE;
+    }
+    return AR_EXIT_OK;
+}
+
+int ar_app_open_state(ar_app *a)
+{
+    char err[1024] = "";
+    if (ar_state_open(a->cfg.state_dir, &a->state, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "state.open", NULL, "%s", err);
+        return AR_EXIT_USAGE;
+    }
+    return AR_EXIT_OK;
+}
+
+int ar_app_open_engine(ar_app *a)
+{
+    char err[1024] = "";
+    ar_engine_opts o = {
+        .instruction_budget = a->cfg.rule_instruction_budget,
+        .timeout_ms = a->cfg.rule_timeout_ms,
+        .memory_mb = a->cfg.rule_memory_mb,
+    };
+    if (ar_engine_new(&o, &a->engine, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "engine.init", NULL, "%s", err);
+        return AR_EXIT_FAIL;
+    }
+    return AR_EXIT_OK;
+}
+
+int ar_app_load_rules(ar_app *a)
+{
+    char err[1024] = "";
+    a->rules_sig = ar_dirsig(a->cfg.rules_dir, rule_suffixes);
+    if (ar_engine_load_rules_dir(a->engine, a->cfg.rules_dir, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "rules.load", NULL, "%s", err);
+        return AR_EXIT_FAIL;
+    }
+    size_t n = ar_engine_rule_count(a->engine), good = 0;
+    for (size_t i = 0; i < n; i++) {
+        const ar_rule_info *r = ar_engine_rule(a->engine, i);
+        ar_log_fields f = {.rule = r->name, .path = r->file, .bytes = -1, .seconds = -1};
+        if (!r->ok)
+            ar_log(AR_LOG_ERROR, "rule.broken", &f, "%s", r->error);
+        else {
+            good++;
+            ar_log(AR_LOG_DEBUG, "rule.loaded", &f, "%s on %s%s%s%s", r->action, r->check_on,
+                   r->destination[0] ? " to " : "", r->destination,
+                   r->active ? "" : " (inactive)");
+        }
+    }
+    ar_log(AR_LOG_INFO, "rules.loaded", NULL, "%zu rule(s) from %s, %zu broken", good,
+           a->cfg.rules_dir, n - good);
+    return AR_EXIT_OK;
+}
+
+void ar_app_maybe_reload_rules(ar_app *a, int force)
+{
+    if (force || ar_dirsig(a->cfg.rules_dir, rule_suffixes) != a->rules_sig)
+        ar_app_load_rules(a);
+}
+
+long ar_app_find_rule(ar_app *a, const char *name)
+{
+    size_t n = ar_engine_rule_count(a->engine);
+    for (size_t i = 0; i < n; i++) {
+        const ar_rule_info *r = ar_engine_rule(a->engine, i);
+        if (r->ok && strcmp(r->name, name) == 0)
+            return (long)i;
+    }
+    return -1;
+}
+
+void ar_app_close(ar_app *a)
+{
+    if (a->engine)
+        ar_engine_free(a->engine);
+    if (a->state)
+        ar_state_close(a->state);
+    if (a->http)
+        ar_http_free(a->http);
+    a->engine = NULL;
+    a->state = NULL;
+    a->http = NULL;
+}

@@ -1,0 +1,54 @@
+/* app.h - what every subcommand shares: configuration, logger, Orthanc
+ * client, state database and rule engine, opened on demand.
+ *
+ * Exit codes of the program: 0 ok, 1 a job/rule/check failed, 2 usage or
+ * configuration error.
+ */
+#ifndef AR_APP_H
+#define AR_APP_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "../bindings/engine.h"
+#include "../core/config.h"
+#include "../core/http.h"
+#include "../core/state.h"
+
+enum { AR_EXIT_OK = 0, AR_EXIT_FAIL = 1, AR_EXIT_USAGE = 2 };
+
+typedef struct ar_app {
+    ar_config cfg;
+    ar_http *http;
+    ar_state *state;
+    ar_engine *engine;
+    uint64_t rules_sig;          /* fingerprint of the rules folder at last load */
+    volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
+    volatile sig_atomic_t *reload; /* set by SIGHUP */
+} ar_app;
+
+/* Load configuration (path may be NULL) and set up logging.  AR_EXIT_USAGE on error. */
+int ar_app_config(ar_app *a, const char *config_path);
+int ar_app_open_http(ar_app *a);
+int ar_app_open_state(ar_app *a);
+int ar_app_open_engine(ar_app *a);
+/* (Re)load every rule of the rules folder, logging each broken one once. */
+int ar_app_load_rules(ar_app *a);
+/* Reload when the rules folder changed since the last load (or forced). */
+void ar_app_maybe_reload_rules(ar_app *a, int force);
+void ar_app_close(ar_app *a);
+
+/* Index of the loaded, usable rule with this name, or -1. */
+long ar_app_find_rule(ar_app *a, const char *name);
+
+/* Signal handling: SIGINT/SIGTERM set *stop, SIGHUP sets *reload. */
+void ar_signals_install(ar_app *a);
+
+/* Subcommands. argv[0] is the subcommand name. */
+int ar_cmd_run(int argc, char **argv);
+int ar_cmd_check(int argc, char **argv);
+int ar_cmd_jobs(int argc, char **argv);
+int ar_cmd_retry(int argc, char **argv);
+int ar_cmd_status(int argc, char **argv);
+
+#endif

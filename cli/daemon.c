@@ -1,0 +1,340 @@
+/* daemon.c - see daemon.h */
+#include "daemon.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../bindings/jsonq.h"
+#include "../core/err.h"
+#include "../core/export.h"
+#include "../core/log.h"
+#include "../core/orthanc.h"
+
+#define CHANGES_LIMIT 200
+
+typedef struct job_list {
+    ar_job *v;
+    size_t n, cap;
+} job_list;
+
+static int job_push(job_list *l, const ar_job *j)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        ar_job *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return AR_ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *j;
+    return AR_OK;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Sleep up to `seconds`, waking early on a signal. */
+static void nap(ar_app *a, double seconds)
+{
+    double end = wall_now() + seconds;
+    while (!(a->stop && *a->stop) && !(a->reload && *a->reload)) {
+        double left = end - wall_now();
+        if (left <= 0)
+            break;
+        if (left > 0.25)
+            left = 0.25;
+        struct timespec ts = {(time_t)left, (long)((left - floor(left)) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+/* Decide which rules act on one stable study or series; append jobs. */
+static int decide(ar_app *a, const ar_change *c, job_list *jobs, char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    ar_study_answers ans = {0};
+    ar_buf sb = {0};
+    ar_verdict *v = NULL;
+    size_t nv = 0;
+    char study_id[128];
+    const char *series_id = NULL;
+
+    if (strcmp(c->change_type, "StableSeries") == 0) {
+        series_id = c->id;
+        if ((rc = ar_orthanc_series(a->http, c->id, &sb, err, errlen)))
+            goto out;
+        if ((rc = ar_engine_decode_parent_study(a->engine, sb.data, sb.len, study_id,
+                                                sizeof study_id, err, errlen)))
+            goto out;
+    } else {
+        snprintf(study_id, sizeof study_id, "%s", c->id);
+    }
+    if ((rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen)))
+        goto out;
+    if ((rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
+                                  ans.series.len, ans.instances.data, ans.instances.len, err,
+                                  errlen)))
+        goto out;
+    if ((rc = ar_engine_evaluate(a->engine, series_id, 0, &v, &nv, err, errlen)))
+        goto out;
+    for (size_t i = 0; i < nv; i++) {
+        const ar_rule_info *ri = ar_engine_rule(a->engine, v[i].rule);
+        ar_log_fields f = {.study = study_id, .rule = ri->name, .bytes = -1, .seconds = -1};
+        if (v[i].error) {
+            ar_log(AR_LOG_ERROR, "rule.error", &f, "%s", v[i].reason);
+            continue;
+        }
+        if (!v[i].matched) {
+            ar_log(AR_LOG_DEBUG, "rule.nomatch", &f, "%s", v[i].reason);
+            continue;
+        }
+        ar_job j;
+        memset(&j, 0, sizeof j);
+        snprintf(j.rule, sizeof j.rule, "%s", ri->name);
+        snprintf(j.level, sizeof j.level, "%s", series_id ? "series" : "study");
+        snprintf(j.resource_id, sizeof j.resource_id, "%s", series_id ? series_id : study_id);
+        snprintf(j.study_id, sizeof j.study_id, "%s", study_id);
+        j.change_seq = c->seq;
+        snprintf(j.action, sizeof j.action, "%s", ri->action);
+        if ((rc = job_push(jobs, &j)))
+            goto out;
+        ar_log(AR_LOG_INFO, "rule.match", &f, "%s %s matches: %s queued", j.level,
+               j.resource_id, j.action);
+    }
+    rc = AR_OK;
+out:
+    free(v);
+    ar_buf_free(&sb);
+    ar_study_answers_free(&ans);
+    return rc;
+}
+
+/* One pass over the change log from the cursor to Orthanc's last change. */
+static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    int64_t cursor = 0;
+    int has = 0;
+    ar_buf b = {0};
+    ar_change *ch = NULL;
+    job_list jobs = {0};
+
+    if ((rc = ar_state_get_cursor(a->state, &cursor, &has, err, errlen)))
+        return rc;
+    if (!has) {
+        cursor = 0;
+        if (a->cfg.start_at_now) {
+            char last[64];
+            if ((rc = ar_http_get(a->http, "/changes?last", &b, err, errlen)))
+                goto out;
+            if ((rc = ar_jsonq_get(b.data, b.len, "Last", last, sizeof last, err, errlen)))
+                goto out;
+            cursor = strtoll(last, NULL, 10);
+            ar_log(AR_LOG_INFO, "cursor.start", NULL,
+                   "start_at=now: ignoring the %" PRId64 " change(s) logged before", cursor);
+            ar_buf_free(&b);
+        }
+        if ((rc = ar_state_set_cursor(a->state, cursor, err, errlen)))
+            goto out;
+    }
+    for (;;) {
+        size_t n = 0;
+        int64_t last = 0;
+        int done = 0;
+        if (a->stop && *a->stop)
+            break;
+        ar_buf_free(&b);
+        free(ch);
+        ch = NULL;
+        rc = ar_orthanc_changes(a->http, cursor, CHANGES_LIMIT, &b, err, errlen);
+        if (rc)
+            goto out;
+        if (*outage) {
+            ar_log(AR_LOG_INFO, "orthanc.back", NULL, "Orthanc at %s answers again",
+                   a->cfg.orthanc_url);
+            *outage = 0;
+        }
+        if ((rc = ar_engine_decode_changes(a->engine, b.data, b.len, &ch, &n, &last, &done, err,
+                                           errlen))) {
+            rc = AR_ENET; /* a garbled answer: try again later */
+            goto out;
+        }
+        if (n == 0 && last < cursor) {
+            ar_log(AR_LOG_WARN, "orthanc.reset", NULL,
+                   "Orthanc's change log restarted (last change %" PRId64
+                   " is below our position %" PRId64 "): a new database? starting over from "
+                   "its beginning",
+                   last, cursor);
+            cursor = 0;
+            if ((rc = ar_state_set_cursor(a->state, 0, err, errlen)))
+                goto out;
+            continue;
+        }
+        int64_t upto = cursor;
+        int stop_batch = 0;
+        for (size_t i = 0; i < n && !stop_batch; i++) {
+            const ar_change *c = &ch[i];
+            if (strcmp(c->change_type, "StableStudy") == 0 ||
+                strcmp(c->change_type, "StableSeries") == 0) {
+                char derr[1024] = "";
+                int drc = decide(a, c, &jobs, derr, sizeof derr);
+                if (drc == AR_ENOTFOUND) {
+                    ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
+                    ar_log(AR_LOG_INFO, "study.gone", &f,
+                           "%s %s was deleted before it could be examined: %s",
+                           c->resource_type, c->id, derr);
+                } else if (drc == AR_ENET || drc == AR_ENOMEM) {
+                    snprintf(err, errlen, "%s", derr);
+                    rc = drc;
+                    stop_batch = 1;
+                    break;
+                } else if (drc) {
+                    ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
+                    ar_log(AR_LOG_ERROR, "study.skipped", &f, "%s %s: %s", c->resource_type,
+                           c->id, derr);
+                }
+            }
+            upto = c->seq;
+        }
+        if (n == 0 && last > upto)
+            upto = last;
+        if (upto != cursor || jobs.n) {
+            char serr[1024] = "";
+            if (ar_state_record_jobs(a->state, jobs.v, jobs.n, upto, serr, sizeof serr)) {
+                rc = ar_seterr(err, errlen, AR_EIO, "%s", serr);
+                goto out;
+            }
+            cursor = upto;
+        }
+        jobs.n = 0;
+        if (stop_batch)
+            goto out; /* rc already set */
+        if (done || n == 0)
+            break;
+    }
+    rc = AR_OK;
+out:
+    free(jobs.v);
+    free(ch);
+    ar_buf_free(&b);
+    return rc;
+}
+
+static double backoff(const ar_config *c, int attempts)
+{
+    double d = c->retry_initial;
+    for (int i = 1; i < attempts && d < c->retry_max; i++)
+        d *= 2;
+    return d > c->retry_max ? c->retry_max : d;
+}
+
+/* Run the pending jobs that are due (all pending ones when once). */
+static int run_jobs(ar_app *a, int once, ar_run_stats *st)
+{
+    char err[2048] = "";
+    ar_job *jobs = NULL;
+    size_t n = 0;
+    if (ar_state_due_jobs(a->state, once ? 1e300 : wall_now(), &jobs, &n, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
+        return AR_EIO;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ar_job *j = &jobs[i];
+        if (a->stop && *a->stop)
+            break;
+        err[0] = 0;
+        int rc = ar_job_execute(a, j, err, sizeof err);
+        ar_log_fields f = {.study = j->study_id, .rule = j->rule, .bytes = -1, .seconds = -1};
+        char serr[1024] = "";
+        if (rc == AR_OK) {
+            st->jobs_ok++;
+        } else if (rc == AR_ESTOP) {
+            ar_log(AR_LOG_INFO, "job.abandoned", &f, "job %" PRId64 " abandoned: %s (will be redone)",
+                   j->id, err);
+        } else if (rc == AR_ENOTFOUND) {
+            st->jobs_gone++;
+            ar_log(AR_LOG_WARN, "job.gone", &f, "job %" PRId64 ": %s %s is gone from Orthanc: %s",
+                   j->id, j->level, j->resource_id, err);
+            if (ar_state_job_gone(a->state, j->id, err, serr, sizeof serr))
+                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+        } else {
+            st->jobs_failed++;
+            int attempts = j->attempts + 1;
+            double retry_at = 0;
+            if (ar_err_retryable(rc) && attempts < a->cfg.retry_attempts)
+                retry_at = wall_now() + backoff(&a->cfg, attempts);
+            if (retry_at > 0)
+                ar_log(AR_LOG_ERROR, "job.failed", &f,
+                       "job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s",
+                       j->id, j->action, j->resource_id, attempts, err, retry_at - wall_now());
+            else
+                ar_log(AR_LOG_ERROR, "job.failed", &f,
+                       "job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s", j->id,
+                       j->action, j->resource_id, attempts, err);
+            if (ar_state_job_failed(a->state, j->id, err, retry_at, serr, sizeof serr))
+                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+        }
+    }
+    free(jobs);
+    return AR_OK;
+}
+
+int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
+{
+    char err[2048] = "";
+    int outage = 0, removed = 0;
+    memset(st, 0, sizeof *st);
+
+    if (ar_export_clean_working(a->cfg.storage_dir, &removed, err, sizeof err))
+        ar_log(AR_LOG_WARN, "storage.clean", NULL, "%s", err);
+    else if (removed)
+        ar_log(AR_LOG_INFO, "storage.clean", NULL,
+               "removed %d unfinished .WORKING folder(s) left by an interrupted run", removed);
+
+    for (;;) {
+        if (a->reload && *a->reload) {
+            *a->reload = 0;
+            ar_log(AR_LOG_INFO, "reload", NULL, "SIGHUP: reloading rules");
+            ar_app_maybe_reload_rules(a, 1);
+        } else {
+            ar_app_maybe_reload_rules(a, 0);
+        }
+        err[0] = 0;
+        int rc = poll_changes(a, &outage, err, sizeof err);
+        if (rc == AR_ENET || rc == AR_EHTTP || rc == AR_ENOTFOUND) {
+            st->poll_errors++;
+            if (once) {
+                ar_log(AR_LOG_ERROR, "orthanc.unreachable", NULL, "%s", err);
+                run_jobs(a, once, st); /* jobs recorded before the error still run */
+                return rc;
+            }
+            if (!outage) {
+                ar_log(AR_LOG_ERROR, "orthanc.unreachable", NULL,
+                       "%s; will keep trying every %.1f s", err, a->cfg.poll_interval);
+                outage = 1;
+            }
+        } else if (rc) {
+            ar_log(AR_LOG_ERROR, "poll.error", NULL, "%s", err);
+            if (once)
+                return rc;
+        }
+        if (!outage)
+            run_jobs(a, once, st);
+        if (once || (a->stop && *a->stop))
+            break;
+        nap(a, a->cfg.poll_interval);
+        if (a->stop && *a->stop)
+            break;
+    }
+    return AR_OK;
+}

@@ -1,0 +1,161 @@
+/* jobs.c - execute one ledger job: DOWNLOAD (plan -> claim -> export) or
+ * FORWARD (Orthanc store job, waited for). */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "../bindings/jsonq.h"
+#include "../core/err.h"
+#include "../core/export.h"
+#include "../core/log.h"
+#include "../core/orthanc.h"
+#include "daemon.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Make the job's study the engine's current snapshot. */
+static int load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
+{
+    ar_study_answers ans;
+    int rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen);
+    if (rc)
+        return rc;
+    rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
+                             ans.series.len, ans.instances.data, ans.instances.len, err, errlen);
+    ar_study_answers_free(&ans);
+    return rc;
+}
+
+static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    ar_plan plan = {0};
+    char folder[AR_PATH_LEN], owner[512];
+    const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
+    double t0 = now_s();
+
+    if ((rc = load_study(a, job->study_id, err, errlen)))
+        goto out;
+    if ((rc = ar_engine_plan(a->engine, (size_t)rule, series, &plan, err, errlen)))
+        goto out;
+    snprintf(owner, sizeof owner, "%s|%s", job->rule, job->resource_id);
+    if ((rc = ar_state_claim_folder(a->state, plan.folder, owner, job->resource_id, folder,
+                                    sizeof folder, err, errlen)))
+        goto out;
+    ar_export_opts eo = {
+        .max_connections = a->cfg.max_connections,
+        .fsync = a->cfg.fsync,
+        .uid = a->cfg.output_uid,
+        .gid = a->cfg.output_gid,
+        .stop = a->stop,
+    };
+    ar_export_result res = {0};
+    if ((rc = ar_export_download(a->http, a->cfg.storage_dir, folder, plan.files, plan.n, &eo,
+                                 &res, err, errlen)))
+        goto out;
+    if ((rc = ar_state_job_done(a->state, job->id, folder, res.bytes, err, errlen)))
+        goto out;
+    ar_log_fields f = {.study = job->study_id, .rule = job->rule, .path = folder,
+                       .bytes = res.bytes, .seconds = now_s() - t0};
+    ar_log(AR_LOG_INFO, "export.done", &f, "%zu file(s)%s", res.files,
+           res.replaced ? ", replaced the previous export" : "");
+    char herr[1024] = "";
+    if (ar_engine_on_exported(a->engine, (size_t)rule, series, folder, herr, sizeof herr))
+        ar_log(AR_LOG_WARN, "rule.hook_error", &f, "on_exported: %s", herr);
+    rc = AR_OK;
+out:
+    ar_plan_free(&plan);
+    return rc;
+}
+
+static int do_forward(ar_app *a, const ar_job *job, const ar_rule_info *ri, char *err,
+                      size_t errlen)
+{
+    int rc = AR_ERR;
+    ar_buf b = {0};
+    char path[1024], seg[768], jobid[128], state[64], desc[512];
+    double t0 = now_s();
+
+    if (!ar_orthanc_valid_id(job->resource_id))
+        return ar_seterr(err, errlen, AR_EHTTP, "invalid resource id '%s'", job->resource_id);
+    if (ar_url_segment(ri->destination, seg, sizeof seg))
+        return ar_seterr(err, errlen, AR_ERULE, "modality name too long");
+    snprintf(path, sizeof path, "/modalities/%s/store", seg);
+    char body[256];
+    snprintf(body, sizeof body, "{\"Resources\":[\"%s\"],\"Asynchronous\":true}", job->resource_id);
+    rc = ar_http_post(a->http, path, body, strlen(body), NULL, &b, err, errlen);
+    if (rc) {
+        char detail[512] = "";
+        if (b.data && ar_jsonq_get(b.data, b.len, "Message", detail, sizeof detail, NULL, 0) == 0)
+            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", ri->destination,
+                      detail);
+        else {
+            char tmp[1024];
+            snprintf(tmp, sizeof tmp, "%s", err);
+            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", ri->destination, tmp);
+        }
+        if (rc == AR_ENOTFOUND)
+            rc = AR_EHTTP; /* unknown modality: the study is not "gone" */
+        goto out;
+    }
+    if ((rc = ar_jsonq_get(b.data, b.len, "ID", jobid, sizeof jobid, err, errlen)))
+        goto out;
+    if (!ar_orthanc_valid_id(jobid)) {
+        rc = ar_seterr(err, errlen, AR_ENET, "Orthanc returned an odd job id '%s'", jobid);
+        goto out;
+    }
+    for (;;) {
+        ar_buf_free(&b);
+        snprintf(path, sizeof path, "/jobs/%s", jobid);
+        if ((rc = ar_http_get(a->http, path, &b, err, errlen)))
+            goto out;
+        if ((rc = ar_jsonq_get(b.data, b.len, "State", state, sizeof state, err, errlen)))
+            goto out;
+        if (strcmp(state, "Success") == 0)
+            break;
+        if (strcmp(state, "Failure") == 0) {
+            if (ar_jsonq_get(b.data, b.len, "ErrorDescription", desc, sizeof desc, NULL, 0))
+                snprintf(desc, sizeof desc, "unknown error");
+            char details[256] = "";
+            ar_jsonq_get(b.data, b.len, "ErrorDetails", details, sizeof details, NULL, 0);
+            rc = ar_seterr(err, errlen, AR_ENET, "forward to modality '%s' failed: %s%s%s",
+                           ri->destination, desc, details[0] ? ": " : "", details);
+            goto out;
+        }
+        if (a->stop && *a->stop) {
+            rc = ar_seterr(err, errlen, AR_ESTOP, "stopped while forwarding to '%s'",
+                           ri->destination);
+            goto out;
+        }
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL); /* waiting on Orthanc's job, not synchronising a test */
+    }
+    if ((rc = ar_state_job_done(a->state, job->id, ri->destination, 0, err, errlen)))
+        goto out;
+    ar_log_fields f = {.study = job->study_id, .rule = job->rule, .path = ri->destination,
+                       .bytes = -1, .seconds = now_s() - t0};
+    ar_log(AR_LOG_INFO, "forward.done", &f, "%s %s sent to modality %s", job->level,
+           job->resource_id, ri->destination);
+    rc = AR_OK;
+out:
+    ar_buf_free(&b);
+    return rc;
+}
+
+int ar_job_execute(ar_app *a, const ar_job *job, char *err, size_t errlen)
+{
+    long rule = ar_app_find_rule(a, job->rule);
+    if (rule < 0)
+        return ar_seterr(err, errlen, AR_ERULE,
+                         "rule '%s' is not loaded any more (deleted or broken)", job->rule);
+    const ar_rule_info *ri = ar_engine_rule(a->engine, (size_t)rule);
+    if (strcmp(job->action, "forward") == 0)
+        return do_forward(a, job, ri, err, errlen);
+    return do_download(a, job, rule, err, errlen);
+}
