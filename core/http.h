@@ -51,4 +51,9 @@ const char *ar_http_username(const ar_http *h);
 const char *ar_http_password(const ar_http *h);
 long ar_http_connect_timeout(const ar_http *h);
 
+/* Shared with the transfer module: initialise libcurl once per process
+ * (thread-safe), and map an HTTP status to a return code as above. */
+int ar_curl_global_init(char *err, size_t errlen);
+int ar_http_status_rc(long status);
+
 #endif
