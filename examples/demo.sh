@@ -34,7 +34,7 @@ curl -fs "$url/system" >/dev/null || { echo "Orthanc did not start, see $demo/or
 echo "Orthanc is at $url (log: $demo/orthanc.log)"
 
 # The example rules (the forward example stays inactive until you configure a modality).
-cp "$here"/examples/rules/*.json "$here"/examples/rules/*.lua "$demo/rules/" 2>/dev/null || true
+cp -r "$here"/examples/rules/. "$demo/rules/"
 
 # Sample data: a few small studies made by Orthanc itself.
 python3 "$here/examples/sample_data.py" "$url"
