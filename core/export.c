@@ -144,9 +144,13 @@ static int walk_dirs(int base_fd, const char *base_path, const char *rel, size_t
             int e = errno;
             char shown[PATH_MAX];
             snprintf(shown, sizeof(shown), "%s/%.*s", base_path, (int)(start + clen), rel);
+            struct stat st;
             if (!create && e == ENOENT) {
                 rc = AR_ENOTFOUND;
-            } else if (e == ELOOP) {
+            } else if ((e == ELOOP || e == ENOTDIR) &&
+                       fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode)) {
+                /* O_DIRECTORY|O_NOFOLLOW on a link gives ENOTDIR or ELOOP */
+                e = ELOOP;
                 rc = ar_seterr(err, errlen, AR_EIO, "refusing symlink %s: %s", shown,
                                strerror(e));
             } else {
