@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# bench/run.sh - build autorthanc (Release) and benchmark its exports against
+# plain curl on a private Orthanc.  See bench/README.md.
+#
+#   bench/run.sh [--quick] [--runs N] [--connections 1,4] [--fsync off,on]
+#                [--idle-seconds S] [--poll-interval S] [--no-memory]
+#                [--cases ct300,small2000] [--binary PATH] [--no-build]
+#                [--reference-only] [--parallel-immediate] [--keep]
+#
+# --quick: tiny studies, one run, a few seconds; exits 0 when everything
+# worked.  Times are printed, never asserted.  Orthanc runs on loopback ports
+# chosen at run time; every process this script starts is ended on exit.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/.." && pwd)
+build="$repo/build-bench"
+binary=""
+build_it=1
+pass=()
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --binary) binary="$2"; build_it=0; shift 2 ;;
+        --binary=*) binary="${1#*=}"; build_it=0; shift ;;
+        --no-build) build_it=0; shift ;;
+        -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) pass+=("$1"); shift ;;
+    esac
+done
+[ -n "$binary" ] || binary="$build/autorthanc"
+
+for tool in python3 curl; do
+    command -v "$tool" >/dev/null || { echo "bench: $tool is not installed" >&2; exit 2; }
+done
+command -v Orthanc >/dev/null || [ -x /usr/sbin/Orthanc ] || [ -n "${AR_ORTHANC:-}" ] ||
+    { echo "bench: Orthanc is not installed (Debian package orthanc)" >&2; exit 2; }
+
+reference_only=0
+for a in "${pass[@]+"${pass[@]}"}"; do
+    [ "$a" = "--reference-only" ] && reference_only=1
+done
+
+if [ "$build_it" = 1 ] && [ "$reference_only" = 0 ]; then
+    echo "bench: building autorthanc (Release) in $build" >&2
+    cmake -S "$repo" -B "$build" -DCMAKE_BUILD_TYPE=Release >"$build.cmake.log" 2>&1 ||
+        { cat "$build.cmake.log" >&2; exit 2; }
+    cmake --build "$build" --target autorthanc -j"$(nproc)" >"$build.build.log" 2>&1 ||
+        { tail -40 "$build.build.log" >&2; echo "bench: build failed" >&2; exit 2; }
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/arbench.XXXXXXXX")
+keep=0
+for a in "${pass[@]+"${pass[@]}"}"; do
+    [ "$a" = "--keep" ] && keep=1
+done
+
+cleanup() {
+    local pidfile pid
+    # bench.py records every child it starts as $work/pids/<pid>
+    if [ -d "$work/pids" ]; then
+        for pidfile in "$work"/pids/*; do
+            [ -e "$pidfile" ] || continue
+            pid=${pidfile##*/}
+            kill -TERM "$pid" 2>/dev/null || true
+        done
+        for pidfile in "$work"/pids/*; do
+            [ -e "$pidfile" ] || continue
+            pid=${pidfile##*/}
+            for _ in $(seq 1 100); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.1
+            done
+            kill -KILL "$pid" 2>/dev/null || true
+        done
+    fi
+    if [ "$keep" = 1 ]; then
+        echo "bench: kept $work" >&2
+    else
+        rm -rf "$work"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+rc=0
+python3 "$here/bench.py" --binary "$binary" --workdir "$work" "${pass[@]+"${pass[@]}"}" || rc=$?
+exit "$rc"
