@@ -73,7 +73,12 @@ int ar_state_job_requeue(ar_state *st, int64_t id, int *count, char *err, size_t
 /* Folder ownership.  Claims `rel` for `owner` and writes the folder to use
  * into out: `rel` itself if free or already owned by `owner`, else
  * `rel~<suffix>` where suffix is the first 8 chars of `owner_suffix_src`
- * (then ~2, ~3... if even that is taken).  Persists the claim. */
+ * (then `rel~<suffix>-2`, `-3`... if even that is taken).  Persists the claim.
+ * Characters of the suffix outside [A-Za-z0-9_-] become '_'; an empty or NULL
+ * owner_suffix_src gives 8 hex digits of a hash of `owner`.  When a suffix is
+ * added, the last component is cut (on a UTF-8 boundary) so that it still
+ * fits NAME_MAX with ".WORKING" appended.  The same sequence of claims always
+ * gives the same answers. */
 int ar_state_claim_folder(ar_state *st, const char *rel, const char *owner,
                           const char *owner_suffix_src, char *out, size_t outlen,
                           char *err, size_t errlen);
