@@ -198,38 +198,51 @@ def _demote(uid, gid):
 # ---------------------------------------------------------------------------
 
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*)$")
+_ENV_COMMENTED = re.compile(r"^\s*#\s*([A-Z_][A-Z0-9_]*)=(.*)$")
+
+
+def _env_value(value):
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
+    if " #" in value:
+        return value.split(" #", 1)[0].rstrip()
+    return value
 
 
 def read_env_file(path):
-    """Parse a .env-style file (KEY=VALUE, # comments, optional quotes).
-    Returns an ordered dict; comment lines directly above a key are kept in
-    `comments[key]` (a second return value)."""
-    values, comments = {}, {}
-    pending = []
+    """Parse a .env-style file (KEY=VALUE lines, # comments, optional quotes).
+
+    Returns (values, documented): `values` maps each active KEY to its value;
+    `documented` maps every key, active or commented out ("# KEY=value"), to
+    the explanatory comment lines of its block (the comments written just
+    above a run of assignment lines, up to the previous blank line)."""
+    values, documented = {}, {}
+    pending, block = [], []
     with open(path, encoding="utf-8") as f:
-        for raw in f:
+        for lineno, raw in enumerate(f, 1):
             line = raw.rstrip("\n")
             stripped = line.strip()
             if not stripped:
-                pending = []
+                pending, block = [], []
                 continue
-            if stripped.startswith("#"):
+            active = None if stripped.startswith("#") else _ENV_LINE.match(line)
+            commented = _ENV_COMMENTED.match(line) if stripped.startswith("#") else None
+            if stripped.startswith("#") and not commented:
                 text = stripped.lstrip("#").strip()
-                if text:
+                if any(c.isalnum() for c in text):
                     pending.append(text)
                 continue
-            m = _ENV_LINE.match(line)
+            m = active or commented
             if not m:
-                raise StackError("%s: cannot parse line %r" % (path, line))
-            key, value = m.group(1), m.group(2).strip()
-            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-                value = value[1:-1]
-            elif " #" in value:
-                value = value.split(" #", 1)[0].rstrip()
-            values[key] = value
-            comments[key] = list(pending)
-            pending = []
-    return values, comments
+                raise StackError("%s:%d: cannot parse %r" % (path, lineno, line))
+            if pending:
+                block, pending = pending, []
+            key = m.group(1)
+            documented[key] = list(block)
+            if active:
+                values[key] = _env_value(m.group(2))
+    return values, documented
 
 
 def _find_close(s, start):
