@@ -8,6 +8,11 @@
  * grow with the number of items; bodies go straight from libcurl's receive
  * buffer to the file descriptor.
  *
+ * With fsync on, a finished file has its writeback started at once and is
+ * fsync'ed and closed a little later (a ring of AR_XFER_SYNC_RING files), so
+ * the single-threaded loop seldom waits for the disk; every file is still
+ * fsync'ed before close and before the run returns AR_OK.
+ *
  * The first failure stops the run: every transfer still going is dropped,
  * every open file closed, and the first error is returned.
  */
@@ -30,6 +35,10 @@
 #define AR_XFER_BUFSIZE (256L * 1024)
 /* Longest wait in curl_multi_poll, so the stop flag is seen in time. */
 #define AR_XFER_POLL_MS 200
+/* With fsync on, finished files wait (open, writeback started) in a ring of
+ * this many before their fsync, so the fsync rarely has to wait for the disk
+ * and never stalls the transfers for long. */
+#define AR_XFER_SYNC_RING 32
 
 typedef struct xfer xfer;
 
@@ -60,6 +69,10 @@ struct xfer {
     size_t done;
     long long bytes;
     long requests;
+    /* finished files waiting for their fsync (fsync on only) */
+    int ring_fd[AR_XFER_SYNC_RING];
+    size_t ring_idx[AR_XFER_SYNC_RING];
+    size_t ring_head, ring_len;
 };
 
 /* Folder path of dir_fd for messages ("/storage/rule/x.WORKING"), or "". */
@@ -185,6 +198,50 @@ static int slot_start(xfer *x, slot *s, char *err, size_t errlen)
     return AR_OK;
 }
 
+/* fsync and close a finished file. */
+static int sync_close(xfer *x, int fd, size_t idx, char *err, size_t errlen)
+{
+    char path[PATH_MAX + 256];
+    int rc = AR_OK;
+
+    if (x->o->fsync && fsync(fd) != 0) {
+        int e = errno;
+        rc = ar_seterr(err, errlen, AR_EIO, "fsync %s: %s",
+                       file_name(x, x->items[idx].rel_path, path, sizeof(path)), strerror(e));
+    }
+    if (close(fd) != 0 && errno != EINTR && !rc) {
+        int e = errno;
+        rc = ar_seterr(err, errlen, AR_EIO, "close %s: %s",
+                       file_name(x, x->items[idx].rel_path, path, sizeof(path)), strerror(e));
+    }
+    return rc;
+}
+
+/* fsync and close the oldest file of the ring. */
+static int ring_pop(xfer *x, char *err, size_t errlen)
+{
+    int fd = x->ring_fd[x->ring_head];
+    size_t idx = x->ring_idx[x->ring_head];
+    x->ring_head = (x->ring_head + 1) % AR_XFER_SYNC_RING;
+    x->ring_len--;
+    return sync_close(x, fd, idx, err, errlen);
+}
+
+/* Hand a finished file over to the ring (it owns fd from now on). */
+static int ring_push(xfer *x, int fd, size_t idx, char *err, size_t errlen)
+{
+    int rc = AR_OK;
+    if (x->ring_len == AR_XFER_SYNC_RING)
+        rc = ring_pop(x, err, errlen);
+    /* start the writeback now; the fsync later then has little left to do */
+    (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    size_t at = (x->ring_head + x->ring_len) % AR_XFER_SYNC_RING;
+    x->ring_fd[at] = fd;
+    x->ring_idx[at] = idx;
+    x->ring_len++;
+    return rc;
+}
+
 /* A transfer ended: check it, finish its file.  The slot leaves the multi. */
 static int slot_finish(xfer *x, slot *s, CURLcode cc, char *err, size_t errlen)
 {
@@ -234,20 +291,14 @@ static int slot_finish(xfer *x, slot *s, CURLcode cc, char *err, size_t errlen)
                        it->expected_size);
         goto out;
     }
-    if (x->o->fsync && fsync(s->fd) != 0) {
-        int e = errno;
-        rc = ar_seterr(err, errlen, AR_EIO, "fsync %s: %s",
-                       file_name(x, it->rel_path, path, sizeof(path)), strerror(e));
-        goto out;
-    }
     int fd = s->fd;
     s->fd = -1;
-    if (close(fd) != 0 && errno != EINTR) {
-        int e = errno;
-        rc = ar_seterr(err, errlen, AR_EIO, "close %s: %s",
-                       file_name(x, it->rel_path, path, sizeof(path)), strerror(e));
+    if (x->o->fsync)
+        rc = ring_push(x, fd, s->idx, err, errlen);
+    else
+        rc = sync_close(x, fd, s->idx, err, errlen);
+    if (rc)
         goto out;
-    }
     x->done++;
     x->bytes += s->received;
     if (x->o->progress)
@@ -372,8 +423,14 @@ int ar_transfer_run(ar_http *h, int dir_fd, const ar_transfer_item *items, size_
                     goto out;
             }
         }
-        if (x.active == 0 && x.next >= n)
+        if (x.active == 0 && x.next >= n) {
+            while (x.ring_len) {
+                rc = ring_pop(&x, err, errlen);
+                if (rc)
+                    goto out;
+            }
             break;
+        }
         mc = curl_multi_poll(x.multi, NULL, 0, AR_XFER_POLL_MS, NULL);
         if (mc != CURLM_OK) {
             rc = ar_seterr(err, errlen, AR_ERR, "curl_multi_poll: %s", curl_multi_strerror(mc));
@@ -392,6 +449,11 @@ out:
                 curl_easy_cleanup(s->easy);
         }
         free(x.slots);
+    }
+    while (x.ring_len) {  /* failed run: just close */
+        close(x.ring_fd[x.ring_head]);
+        x.ring_head = (x.ring_head + 1) % AR_XFER_SYNC_RING;
+        x.ring_len--;
     }
     if (x.multi)
         curl_multi_cleanup(x.multi);
