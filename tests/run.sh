@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# tests/run.sh - every test of autorthanc, as CI runs it (`bash tests/run.sh`).
+#  1. install the dependencies (tests/deps.sh, a no-op when present);
+#  2. Release build (the project's flags include -Werror), then every ctest
+#     test: unit tests, rule cases and the integration tests against real
+#     Orthancs on loopback ports chosen at run time;
+#  3. a second build with -DAR_SANITIZE=ON (ASan + UBSan) running the unit tests.
+# Exits non-zero if any build or test fails; the last line sums up all tests.
+# Environment: AR_BUILD_DIR, AR_ASAN_BUILD_DIR (build folders), AR_JOBS (2),
+# AR_SKIP_ASAN=1 to skip step 3.
+set -uo pipefail
+
+src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build=${AR_BUILD_DIR:-$src/build-test}
+asan=${AR_ASAN_BUILD_DIR:-$src/build-asan}
+jobs=${AR_JOBS:-2}
+logdir=$(mktemp -d "${TMPDIR:-/tmp}/autorthanc-run.XXXXXX")
+trap 'rm -rf "$logdir"' EXIT
+
+step() { printf '\n==== %s\n' "$*"; }
+die() { echo "tests/run.sh: $*" >&2; exit 1; }
+
+step "dependencies"
+bash "$src/tests/deps.sh" || die "installing dependencies failed"
+
+step "Release build in $build"
+cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DAR_SANITIZE=OFF || die "configure failed"
+cmake --build "$build" -j"$jobs" || die "Release build failed"
+
+status=0
+step "ctest (all tests) in $build"
+(cd "$build" && ctest -j"$jobs" --output-on-failure --no-tests=error) 2>&1 | tee "$logdir/main.log"
+[[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+
+if [[ "${AR_SKIP_ASAN:-0}" != 1 ]]; then
+  step "ASan+UBSan build in $asan"
+  cmake -S "$src" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DAR_SANITIZE=ON || die "sanitizer configure failed"
+  cmake --build "$asan" -j"$jobs" || die "sanitizer build failed"
+  step "ctest (unit tests) under ASan+UBSan"
+  (cd "$asan" && ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1} \
+     UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+     ctest -j"$jobs" -R '^unit\.' --output-on-failure --no-tests=error) 2>&1 | tee "$logdir/asan.log"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+fi
+
+# One closing line for both runs: "N passed, N failed".
+passed=0 failed=0
+for f in "$logdir"/*.log; do
+  line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$f" | tail -1 || true)
+  if [[ $line =~ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then
+    failed=$((failed + BASH_REMATCH[1]))
+    passed=$((passed + BASH_REMATCH[2] - BASH_REMATCH[1]))
+  else
+    status=1
+  fi
+done
+echo
+echo "$passed passed, $failed failed"
+[[ $failed -eq 0 ]] || status=1
+exit $status
