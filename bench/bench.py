@@ -679,6 +679,37 @@ class Bench:
             drop_dir(d)
         return res
 
+    # -- core/export alone (bench/export_probe.c) -------------------------------
+    def probe_once(self, ds, fsync, conns, tag):
+        d = os.path.join(self.work, "runs", tag)
+        drop_dir(d)
+        storage = os.path.join(d, "storage")
+        os.makedirs(storage)
+        final = "/".join(ds.files[0][1].split("/")[:2])
+        lines = "".join(f"{iid} {rel.split('/', 2)[2]} {size}\n" for iid, rel, size in ds.files)
+        listing = os.path.join(d, "files.txt")
+        with open(listing, "w") as f:
+            f.write(lines)
+        os.sync()
+        with open(listing) as stdin:
+            t0 = time.monotonic()
+            p = subprocess.run([self.o.probe, ds.orthanc.url, storage, final, str(conns),
+                                "1" if fsync else "0"], stdin=stdin, capture_output=True,
+                               text=True)
+            wall = time.monotonic() - t0
+        secs = None
+        for tok in p.stdout.split():
+            if tok.startswith("seconds="):
+                secs = float(tok[8:])
+        problem = ""
+        if p.returncode != 0 or secs is None:
+            problem = f"export_probe exited {p.returncode}: {p.stderr.strip()[-300:]}"
+        else:
+            problem = check_tree(storage, ds)
+        if not problem and not self.o.keep:
+            drop_dir(d)
+        return {"wall": wall, "export": secs, "problem": problem}
+
     # -- request count ------------------------------------------------------
     def count_requests(self, ds, conns):
         proxy = CountingProxy(ds.orthanc.port)
@@ -697,11 +728,19 @@ class Bench:
     # -- one case -------------------------------------------------------------
     def run_case(self, ds, fsync, conns, runs):
         label = f"{ds.name} N={conns} fsync={'on' if fsync else 'off'}"
-        ar, ref = [], []
+        ar, ref, core = [], [], []
         for i in range(runs):
             # alternate who goes first so a slow phase of the machine is shared
-            order = ("ar", "ref") if i % 2 == 0 else ("ref", "ar")
+            order = ("ar", "ref", "core") if i % 2 == 0 else ("core", "ref", "ar")
             for who in order:
+                if who == "core":
+                    if self.o.probe:
+                        r = self.probe_once(ds, fsync, conns, f"{ds.name}-core")
+                        if r["problem"]:
+                            self.failures.append(f"{label} core run {i + 1}: {r['problem']}")
+                        else:
+                            core.append(r)
+                    continue
                 if who == "ar" and self.o.reference_only:
                     continue
                 if who == "ar":
@@ -719,8 +758,10 @@ class Bench:
                         ref.append(r)
         log(f"  {label}: " + ", ".join(
             f"ar {a['wall']:.3f}s/{a['export'] if a['export'] is not None else float('nan'):.3f}s"
-            for a in ar) + " | curl " + ", ".join(f"{c['wall']:.3f}s" for c in ref))
-        return {"label": label, "ds": ds, "fsync": fsync, "conns": conns, "ar": ar, "ref": ref}
+            for a in ar) + " | curl " + ", ".join(f"{c['wall']:.3f}s" for c in ref)
+            + (" | core " + ", ".join(f"{c['wall']:.3f}s" for c in core) if core else ""))
+        return {"label": label, "ds": ds, "fsync": fsync, "conns": conns, "ar": ar, "ref": ref,
+                "core": core}
 
 
 # ---------------------------------------------------------------------------
@@ -759,6 +800,7 @@ def summarize(case, reqs):
     ar_wall = med([a["wall"] for a in case["ar"]])
     ref = med([c["wall"] for c in case["ref"]])
     rss = med([a["rss_kib"] for a in case["ar"]])
+    core = med([c["wall"] for c in case.get("core", [])])
     base = ar_export if ar_export is not None else ar_wall
     req = reqs.get(ds.name)
     return [
@@ -772,6 +814,8 @@ def summarize(case, reqs):
         fmt(ref, ".3f") + ("+sync" if case["fsync"] and ref is not None else ""),
         fmt(base / ref if base is not None and ref else None, ".2f"),
         fmt(ar_wall / ref if ar_wall is not None and ref else None, ".2f"),
+        fmt(core, ".3f"),
+        fmt(core / ref if core is not None and ref else None, ".2f"),
         fmt(ds.bytes / 1e6 / base if base else None, ".0f"),
         fmt(ds.bytes / 1e6 / ref if ref else None, ".0f"),
         fmt(rss / 1024 if rss else None, ".1f"),
@@ -780,7 +824,7 @@ def summarize(case, reqs):
 
 
 HEADERS = ["case", "N", "fsync", "instances", "bytes", "ar export s", "ar run s",
-           "curl s", "ratio", "ratio run", "ar MB/s", "curl MB/s", "peak RSS MiB",
+           "curl s", "ratio", "ratio run", "core s", "core ratio", "ar MB/s", "curl MB/s", "peak RSS MiB",
            "requests/study"]
 
 
@@ -859,6 +903,8 @@ def main():
     ap.add_argument("--parallel-immediate", action="store_true",
                     help="give curl --parallel-immediate")
     ap.add_argument("--keep", action="store_true", help="keep every export folder")
+    ap.add_argument("--probe", default="",
+                    help="bench/export_probe binary: also time core/export alone")
     ap.add_argument("--reference-only", action="store_true",
                     help="only the curl side (no autorthanc binary needed)")
     o = ap.parse_args()
@@ -947,6 +993,9 @@ def main():
         print()
         print("ratio = ar export s / curl s (the target is <= 1.15); ratio run = whole "
               "`run --once` / curl s;")
+        if o.probe:
+            print("core s = core/export alone, process wall time (bench/export_probe.c: ar_export_download of "
+                  "the file list given), core ratio = core s / curl s;")
         print("requests/study = metadata requests + file downloads, /changes excluded "
               "(see the counts above).")
         if mem_cases:

@@ -6,6 +6,7 @@
 #                [--idle-seconds S] [--poll-interval S] [--no-memory]
 #                [--cases ct300,small2000] [--binary PATH] [--no-build]
 #                [--reference-only] [--parallel-immediate] [--keep]
+#                [--probe PATH]
 #
 # --quick: tiny studies, one run, a few seconds; exits 0 when everything
 # worked.  Times are printed, never asserted.  Orthanc runs on loopback ports
@@ -48,6 +49,22 @@ if [ "$build_it" = 1 ] && [ "$reference_only" = 0 ]; then
     cmake --build "$build" --target autorthanc -j"$(nproc)" >"$build.build.log" 2>&1 ||
         { tail -40 "$build.build.log" >&2; echo "bench: build failed" >&2; exit 2; }
 fi
+
+# The diagnostic probe (core/export alone) against the same build's core
+# library; the benchmark runs without it if it does not build.
+probe=""
+if [ "$reference_only" = 0 ] && [ -f "$build/libarcore.a" ] && command -v cc >/dev/null; then
+    # shellcheck disable=SC2046
+    if cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$repo/core" \
+        "$here/export_probe.c" "$build/libarcore.a" \
+        $(pkg-config --libs libcurl yaml-0.1 sqlite3) -o "$build/export_probe" \
+        2>"$build.probe.log"; then
+        probe="$build/export_probe"
+    else
+        echo "bench: export_probe did not build (see $build.probe.log); going on without it" >&2
+    fi
+fi
+[ -z "$probe" ] || pass=(--probe "$probe" "${pass[@]+"${pass[@]}"}")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/arbench.XXXXXXXX")
 keep=0
