@@ -701,6 +701,7 @@ class Nginx:
 
     def check_config(self, text, name="check.conf"):
         """`nginx -t` on a main configuration text; (ok, output)."""
+        os.makedirs(os.path.join(self.root, "tmp"), exist_ok=True)
         path = os.path.join(self.root, name)
         with open(path, "w") as f:
             f.write(text)
@@ -741,3 +742,89 @@ class Nginx:
     def stop(self):
         # SIGQUIT is nginx's graceful shutdown.
         stop_process(self.proc, signal.SIGQUIT)
+
+
+# ---------------------------------------------------------------------------
+# The whole stack, configured from docker-compose.yml + env_example
+# ---------------------------------------------------------------------------
+
+def compose_service_environment(service, dotenv):
+    """The environment docker-compose.yml gives `service`, with `dotenv` as
+    the .env file.  Needs PyYAML (Debian python3-yaml)."""
+    import yaml
+    with open(os.path.join(SOURCE_DIR, "docker-compose.yml"), encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    return interpolate_tree(service_environment(doc["services"][service]), dotenv)
+
+
+class Stack:
+    """index-db, orthanc and nginx of docker-compose.yml, natively.
+
+    The orthanc environment is the compose file's, interpolated with
+    env_example plus `overrides` (what a user's .env would change); only the
+    compose-network address of the database (POSTGRES_HOST/PORT) is replaced
+    by the local server's."""
+
+    def __init__(self, tmp, overrides=None):
+        self.tmp = tmp
+        dotenv, _ = read_env_file(os.path.join(SOURCE_DIR, "env_example"))
+        dotenv.update(overrides or {})
+        self.dotenv = dotenv
+        self.env = compose_service_environment("orthanc", dotenv)
+        self.postgres = self.orthanc = self.nginx = None
+
+    def start_postgres(self):
+        e = self.env
+        self.postgres = Postgres(self.tmp, e["POSTGRES_USER"], e["POSTGRES_PASSWORD"],
+                                 e["POSTGRES_DB"]).start()
+        self.env.update(POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(self.postgres.port))
+        return self.postgres
+
+    def start_orthanc(self):
+        self.orthanc = Orthanc(self.tmp, self.env).start()
+        return self.orthanc
+
+    def start_nginx(self):
+        self.nginx = Nginx(self.tmp, self.orthanc.port).start()
+        return self.nginx
+
+    def stop(self):
+        for part in (self.nginx, self.orthanc, self.postgres):
+            if part is not None:
+                try:
+                    part.stop()
+                except Exception:  # keep stopping the others
+                    pass
+
+
+_CLIENT_CLASS = []
+
+
+def orthanc_client(base_url, auth, name="STACK"):
+    """tests/lib/harness.py's Orthanc REST helpers (get, post, changes,
+    wait_stable, instance_file, ...) aimed at an Orthanc already running at
+    base_url (for instance nginx's http://127.0.0.1:P/orthanc).  It starts
+    and stops nothing."""
+    if not _CLIENT_CLASS:
+        import harness
+
+        class Client(harness.Orthanc):
+            @property
+            def url(self):
+                return self._base_url
+
+            def start(self):
+                raise StackError("orthanc_client() does not start servers")
+
+            def stop(self):
+                pass
+
+            def terminate(self):
+                pass
+
+            def alive(self):
+                return True
+        _CLIENT_CLASS.append(Client)
+    client = _CLIENT_CLASS[0](os.path.join(SOURCE_DIR, "unused"), name, auth=auth)
+    client._base_url = base_url.rstrip("/")
+    return client
