@@ -526,7 +526,6 @@ local function compile_tag(ctx, path, obj)
     else
         over = ctx.check_on == "series" and "instances(study, series)" or "instances(study)"
         var, base = "i", "i.tags"
-        ctx.uses_instances = true
     end
     local v = access(base, t)
 
@@ -974,7 +973,6 @@ local function compile_rule(rule, filename)
         add("  active = " .. tostring(active) .. ",")
     end
     if comment ~= nil then add("  comment = " .. lit(comment) .. ",") end
-    if ctx.uses_instances then add("  uses_instance_tags = true,") end
     if hook then add("  naming_hook = " .. lit(hook) .. ",  -- name/series_name/file_name from this file") end
     add("")
     add("  match = function(study, series)")
