@@ -73,7 +73,8 @@ static int server_start(server *s, const char *a1, const char *a2)
 
     memset(s, 0, sizeof(*s));
     script_path(script, sizeof(script));
-    if (pipe(in) != 0 || pipe(outp) != 0)
+    /* close-on-exec: a later server must not hold this one's stdin open */
+    if (pipe2(in, O_CLOEXEC) != 0 || pipe2(outp, O_CLOEXEC) != 0)
         return -1;
     s->pid = fork();
     if (s->pid < 0)
