@@ -584,8 +584,11 @@ local function compile_tag(ctx, path, obj)
         if sub(expr, 1, 4) == "not " then expr = sub(expr, 5) else expr = "not " .. expr end
     end
 
-    local desc = (negate and "NOT " or "") .. t.label .. " " .. OP_WORDS[op] .. shown ..
-        (cs and " (case-sensitive)" or "")
+    local desc = t.label .. " " .. OP_WORDS[op] .. shown .. (cs and " (case-sensitive)" or "")
+    if negate then
+        -- per value: with a quantifier the negation applies to each item
+        desc = over and "NOT (" .. desc .. ")" or "NOT " .. desc
+    end
 
     -- quantifier over series / instances
     local q = get(obj, "Quantifier")
