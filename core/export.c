@@ -513,6 +513,50 @@ static int finish_tree(int dir_fd, const char *path, int do_fsync, uid_t uid, gi
     return rc;
 }
 
+/* fsync the storage root and every folder between it and the parent of
+ * rel (rel[0..plen) is that parent), so folders created for this export
+ * (a new rule folder, say) are durable too.  The parent itself is synced
+ * by the caller. */
+static int fsync_ancestors(int root_fd, const char *root, const char *rel, size_t plen,
+                           char *err, size_t errlen)
+{
+    int fd = dup(root_fd);
+    size_t i = 0;
+    int rc = AR_OK;
+
+    if (fd < 0)
+        return ar_seterr(err, errlen, AR_EIO, "dup %s: %s", root, strerror(errno));
+    for (;;) {
+        if (fsync(fd) != 0) {
+            rc = ar_seterr(err, errlen, AR_EIO, "fsync %s/%.*s: %s", root, (int)i, rel,
+                           strerror(errno));
+            break;
+        }
+        size_t start = i;
+        while (i < plen && rel[i] != '/')
+            i++;
+        if (i >= plen)
+            break;  /* the next one is the parent */
+        char name[NAME_MAX + 1];
+        size_t clen = i - start;
+        if (clen > NAME_MAX)
+            break;
+        memcpy(name, rel + start, clen);
+        name[clen] = '\0';
+        i++;
+        int next = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0) {
+            rc = ar_seterr(err, errlen, AR_EIO, "open folder %s/%.*s: %s", root,
+                           (int)(i - 1), rel, strerror(errno));
+            break;
+        }
+        close(fd);
+        fd = next;
+    }
+    close(fd);
+    return rc;
+}
+
 /* Orthanc identifiers are hex groups joined by '-'; anything else could
  * change the meaning of the URL. */
 static int instance_id_ok(const char *id)
@@ -742,10 +786,18 @@ int ar_export_download(ar_http *h, const char *storage_root, const char *final_r
                       sizeof(tmp)) != AR_OK)
             ar_seterr(err, errlen, AR_OK, "%s", tmp);
     }
-    if (o->fsync && fsync(parent_fd) != 0) {
-        /* The export is in place; only the durability of the rename is in doubt. */
-        rc = ar_seterr(err, errlen, AR_EIO, "fsync %s: %s", final_path, strerror(errno));
-        goto out;
+    if (o->fsync) {
+        /* The export is in place; only the durability of the rename (and of
+         * new parent folders) is in doubt if this fails. */
+        if (fsync(parent_fd) != 0) {
+            rc = ar_seterr(err, errlen, AR_EIO, "fsync %s: %s", final_path, strerror(errno));
+            goto out;
+        }
+        if (plen) {
+            rc = fsync_ancestors(root_fd, storage_root, final_rel, plen, err, errlen);
+            if (rc)
+                goto out;
+        }
     }
     rc = AR_OK;
     goto out;
