@@ -372,6 +372,9 @@ def test_nginx_files_fit_together():
     assert re.search(r"upstream\s+orthanc\s*\{[^}]*server\s+orthanc:8042\s*;", main), \
         "nginx.conf must define upstream orthanc -> orthanc:8042"
     assert "upstream" not in loc, "the include must not define the upstream (tests replace it)"
+    dep = doc["services"]["nginx"]["depends_on"]["orthanc"]
+    assert dep.get("restart") is True, \
+        "nginx resolves the upstream at start: depends_on orthanc needs restart: true"
 
     def directive(name):
         return re.findall(r"^\s*%s\s+([^;]+);" % re.escape(name), loc, re.M)

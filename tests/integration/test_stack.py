@@ -282,7 +282,8 @@ def test_autorthanc_status_through_nginx():
     autorthanc_binary()
     need("nginx")
     ws = workspace()
-    helptext = ws.run(["--help"]).stdout + ws.run(["--help"]).stderr
+    usage = ws.run(["--help"])
+    helptext = usage.stdout + usage.stderr
     if not re.search(r"\bstatus\b", helptext):
         raise Skip("`autorthanc status` is not implemented yet (not in --help)")
     r = ws.run(["status"])
