@@ -301,6 +301,8 @@ def test_autorthanc_exports_through_nginx():
     ws = workspace()
     h.write_rule(ws.rules, RULE, {"CheckOn": "Study", "IsActive": True,
                                   "Action": "DOWNLOAD", "Tags": []})
+    access_log = os.path.join(S.stack.nginx.root, "access.log")
+    before = os.path.getsize(access_log)
     r = ws.run_once(timeout=180)
     assert S.stack.env["ORTHANC_PASSWORD"] not in r.stdout + r.stderr, "password printed in the log"
     prefix = "%s/%s-%s-EX%s" % (RULE, PATIENT_ID, PATIENT_NAME.split("^")[0], STUDY_ID)
@@ -311,6 +313,13 @@ def test_autorthanc_exports_through_nginx():
     for rel, iid in expected.items():
         with open(os.path.join(ws.storage, rel), "rb") as f:
             assert f.read() == S.uploaded[iid], "%s differs from the file uploaded" % rel
+    # The transfers went through nginx (its access log), not around it.
+    with open(access_log, "rb") as f:
+        f.seek(before)
+        log = f.read().decode("utf-8", "replace")
+    missing = [iid for iid in expected.values()
+               if not re.search(r'"GET /orthanc/instances/%s/file HTTP/1\.1" 200 ' % iid, log)]
+    assert not missing, "not downloaded through nginx: %s" % missing[:3]
 
 
 TESTS = [
