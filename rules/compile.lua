@@ -957,6 +957,12 @@ local function compile_rule(rule, filename)
             fail(ctx, "NamingHook", "'" .. hook .. "' must be a .lua file name next to the rule " ..
                 "(letters, digits, '_', '-', '.'; no folders)")
         end
+        for _, f in ipairs({ "Naming", "SeriesNaming", "FileNaming" }) do
+            if naming[f] then
+                fail(ctx, "NamingHook", "cannot be combined with " .. f ..
+                    " (name every level in the hook file, or use templates only)")
+            end
+        end
     end
 
     -- ---- emit ----
