@@ -21,7 +21,10 @@ BROKEN = {
     "bad_checkon": dict(h.rule_json(tags=[("PatientID", "Patient", "P")]), CheckOn="Patient"),
     "bad_tags_type": dict(h.rule_json(), Tags="PatientID=P"),
     "bad_value_type": {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
-                       "Tags": [{"TagName": "PatientID", "Level": "Patient", "Value": 42}]},
+                       "Tags": [{"TagName": "PatientID", "Level": "Patient",
+                                 "Value": {"text": "P"}}]},
+    "bad_tagname_type": {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
+                         "Tags": [{"TagName": ["PatientID"], "Level": "Patient", "Value": "P"}]},
     "not_an_object": "[1, 2, 3]",
 }
 
