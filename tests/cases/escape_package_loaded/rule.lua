@@ -1,0 +1,9 @@
+-- Sandbox escape attempt: must fail, never run.
+
+return {
+  check_on = "study",
+  action = "download",
+  match = function(study, series)
+    return package.loaded.io ~= nil
+  end,
+}

@@ -1,0 +1,1 @@
+return { check_on = "patient", action = "download", match = function() return true end }

@@ -1,0 +1,8 @@
+return {
+  check_on = "study",
+  action = "download",
+  match = function(study, series)
+    local x = nil
+    return x.field
+  end,
+}

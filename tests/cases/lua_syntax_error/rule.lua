@@ -1,0 +1,4 @@
+return {
+  check_on = "study",
+  action = = "download",
+}
