@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "../bindings/jsonq.h"
@@ -56,6 +57,27 @@ static void nap(ar_app *a, double seconds)
         struct timespec ts = {(time_t)left, (long)((left - floor(left)) * 1e9)};
         nanosleep(&ts, NULL);
     }
+}
+
+/* mkdir -p for the storage folder itself (0755). */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[AR_PATH_LEN];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return ar_seterr(err, errlen, AR_EIO, "storage path too long");
+    for (char *p = buf + 1;; p++) {
+        if (*p == '/' || *p == 0) {
+            char c = *p;
+            *p = 0;
+            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+                return ar_seterr(err, errlen, AR_EIO, "cannot create storage folder %s: %s", buf,
+                                 strerror(errno));
+            *p = c;
+            if (!c)
+                break;
+        }
+    }
+    return AR_OK;
 }
 
 /* Decide which rules act on one stable study or series; append jobs. */
@@ -295,6 +317,10 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
     int outage = 0, removed = 0;
     memset(st, 0, sizeof *st);
 
+    if (make_dirs(a->cfg.storage_dir, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "storage.create", NULL, "%s", err);
+        return AR_EIO;
+    }
     if (ar_export_clean_working(a->cfg.storage_dir, &removed, err, sizeof err))
         ar_log(AR_LOG_WARN, "storage.clean", NULL, "%s", err);
     else if (removed)
