@@ -953,9 +953,14 @@ local function compile_rule(rule, filename)
     if hook ~= nil then
         want_string(ctx, "NamingHook", hook, true)
         if action ~= "download" then fail(ctx, "NamingHook", "only DOWNLOAD rules name folders") end
-        if not match(hook, "^[%w_][%w_.%-]*%.lua$") or find(hook, "..", 1, true) then
-            fail(ctx, "NamingHook", "'" .. hook .. "' must be a .lua file name next to the rule " ..
-                "(letters, digits, '_', '-', '.'; no folders)")
+        -- a relative path inside the rule's folder: "names.lua", "hooks/names.lua"
+        local ok = match(hook, "%.lua$") ~= nil
+        for comp in (hook .. "/"):gmatch("([^/]*)/") do
+            if not match(comp, "^[%w_][%w_.%-]*$") or find(comp, "..", 1, true) then ok = false end
+        end
+        if not ok then
+            fail(ctx, "NamingHook", "'" .. hook .. "' must be a .lua file beside the rule, e.g. " ..
+                "\"names.lua\" or \"hooks/names.lua\" (letters, digits, '_', '-', '.'; no '..')")
         end
         for _, f in ipairs({ "Naming", "SeriesNaming", "FileNaming" }) do
             if naming[f] then

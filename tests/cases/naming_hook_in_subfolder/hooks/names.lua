@@ -1,0 +1,1 @@
+return { name = function(study) return { "sub-" .. study.tags.StudyID } end }
