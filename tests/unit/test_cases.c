@@ -20,6 +20,9 @@
  *     "file_count": n             number of files of that plan;
  *     "source": "substring", "source_not": "substring"
  *                                 in / not in the Lua the rule compiles to.
+ * A JSON rule is also run a second time as the Lua it compiles to (saved as
+ * a rule.lua of its own): verdicts and plan must be the same, which keeps
+ * `check --emit-lua` output a valid starting point for a hand-written rule.
  * Each case gets a fresh engine and uses bindings/engine.h only; expect.json
  * and the fixture are decoded by lua-cjson in a lua_State of this test's own.
  * One line per failing case, then "N passed, N failed" (tap.h).  Set
@@ -31,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -309,6 +313,102 @@ static int check_source(case_run *c, ar_engine *e, lua_State *L, int ex)
     return rc;
 }
 
+/* ---- the emitted Lua is a rule of its own --------------------------------- */
+
+/* folder and first file of the plan of verdict m ("" when m is NULL). */
+static int plan_summary(ar_engine *e, const ar_verdict *m, char *out, size_t outlen)
+{
+    ar_plan plan;
+    char err[MSG];
+
+    out[0] = '\0';
+    if (!m)
+        return 0;
+    memset(&plan, 0, sizeof plan);
+    if (ar_engine_plan(e, m->rule, m->series_id[0] ? m->series_id : NULL, &plan, err, sizeof err)) {
+        snprintf(out, outlen, "plan error: %.1000s", err);
+        return 0;
+    }
+    snprintf(out, outlen, "%.900s | %.900s | %zu", plan.folder, plan.n ? plan.files[0].rel_path : "", plan.n);
+    ar_plan_free(&plan);
+    return 0;
+}
+
+/* What `check --emit-lua` prints for a JSON rule must work as a Lua rule:
+ * save it as rule.lua in a temporary folder, load it in a fresh engine and
+ * compare every verdict and the first plan with the JSON rule's. */
+static int check_emitted(case_run *c, ar_engine *e, const char *fixture, size_t fixture_len,
+                         const ar_verdict *v, size_t nv)
+{
+    char tmpl[] = "/tmp/ar-case-XXXXXX", path[64], err[MSG], a[MSG], b[MSG];
+    const char *files[1];
+    char *src = NULL;
+    ar_engine *e2 = NULL;
+    ar_verdict *v2 = NULL;
+    size_t n2 = 0, i;
+    FILE *f;
+    int rc = -1;
+
+    if (ar_engine_rule_source(e, 0, &src, err, sizeof err))
+        return fail_case(c, "no source: %s", err);
+    if (strstr(src, "naming_hook =")) { /* names come from the hook file: JSON only */
+        free(src);
+        return 0;
+    }
+    if (!mkdtemp(tmpl)) {
+        free(src);
+        return fail_case(c, "mkdtemp failed");
+    }
+    snprintf(path, sizeof path, "%s/rule.lua", tmpl);
+    f = fopen(path, "w");
+    if (!f || fputs(src, f) < 0) {
+        fail_case(c, "cannot write %s", path);
+        if (f)
+            fclose(f);
+        goto out;
+    }
+    fclose(f);
+    files[0] = path;
+    if (ar_engine_new(NULL, &e2, err, sizeof err) || ar_engine_load_rule_files(e2, files, 1, err, sizeof err)) {
+        fail_case(c, "emitted Lua: %s", err);
+        goto out;
+    }
+    if (!ar_engine_rule(e2, 0)->ok) {
+        fail_case(c, "the emitted Lua does not load as a Lua rule: %s", ar_engine_rule(e2, 0)->error);
+        goto out;
+    }
+    if (ar_engine_set_study_fixture(e2, fixture, fixture_len, err, sizeof err) ||
+        ar_engine_evaluate(e2, NULL, 1, &v2, &n2, err, sizeof err)) {
+        fail_case(c, "emitted Lua: %s", err);
+        goto out;
+    }
+    if (n2 != nv) {
+        fail_case(c, "the emitted Lua gives %zu verdicts, the JSON rule %zu", n2, nv);
+        goto out;
+    }
+    for (i = 0; i < nv; i++) {
+        if (v2[i].matched != v[i].matched || v2[i].error != v[i].error ||
+            strcmp(v2[i].series_id, v[i].series_id) != 0) {
+            fail_case(c, "the emitted Lua decides %s differently", v[i].series_id[0] ? v[i].series_id : "the study");
+            goto out;
+        }
+    }
+    plan_summary(e, first_matched(v, nv), a, sizeof a);
+    plan_summary(e2, first_matched(v2, n2), b, sizeof b);
+    if (strcmp(a, b) != 0) {
+        fail_case(c, "the emitted Lua plans '%s', the JSON rule '%s'", b, a);
+        goto out;
+    }
+    rc = 0;
+out:
+    free(v2);
+    ar_engine_free(e2);
+    remove(path);
+    rmdir(tmpl);
+    free(src);
+    return rc;
+}
+
 static int run_case(case_run *c, lua_State *L)
 {
     char path[4096], rule_path[4096], err[MSG];
@@ -436,6 +536,8 @@ static int run_case(case_run *c, lua_State *L)
     if (check_series(c, L, ex, fx, v, nv))
         goto out;
     if (check_plan(c, e, L, ex, v, nv))
+        goto out;
+    if (strstr(rule_path, ".json") && check_emitted(c, e, fixture, fixture_len, v, nv))
         goto out;
     rc = 0;
 out:
