@@ -227,26 +227,49 @@ end
 
 -- ---- Lua text -------------------------------------------------------------------
 
--- A Lua string literal for any bytes: readable UTF-8 stays as it is, control
--- characters, quotes, backslashes and invalid UTF-8 are escaped.
+-- A Lua string literal for any bytes: readable UTF-8 stays as it is; quotes,
+-- backslashes, control characters (C0 and C1), invalid UTF-8 bytes, and the
+-- code points that make source read differently from what it does (bidi
+-- overrides and isolates, line/paragraph separators) are escaped.
+local function invisible(cp)
+    return cp < 0xA0 or cp == 0x200E or cp == 0x200F or (cp >= 0x2028 and cp <= 0x202E)
+        or (cp >= 0x2066 and cp <= 0x2069)
+end
+
 local function lit(s)
-    local valid = utf8.len(s) ~= nil
-    local out = gsub(s, "[%c\"\\\128-\255]", function(c)
-        if c == '"' then return '\\"' end
-        if c == "\\" then return "\\\\" end
-        if c == "\n" then return "\\n" end
-        if c == "\t" then return "\\t" end
-        if byte(c) >= 128 and valid then return c end
-        return format("\\%03d", byte(c))
-    end)
-    if valid then
-        -- bidi overrides and line separators would make the source read
-        -- differently from what it does: show them as escapes
-        local function esc(c) return format("\\u{%X}", utf8.codepoint(c)) end
-        out = gsub(out, "\226\128[\142\143\168-\174]", esc)
-        out = gsub(out, "\226\129[\166-\169]", esc)
+    local out, i, n = {}, 1, #s
+    while i <= n do
+        local c = byte(s, i)
+        if c < 128 then
+            local ch = sub(s, i, i)
+            if ch == '"' then
+                ch = '\\"'
+            elseif ch == "\\" then
+                ch = "\\\\"
+            elseif ch == "\n" then
+                ch = "\\n"
+            elseif ch == "\t" then
+                ch = "\\t"
+            elseif c < 32 or c == 127 then
+                ch = format("\\%03d", c)
+            end
+            out[#out + 1] = ch
+            i = i + 1
+        else
+            local len = (c >= 0xC2 and c <= 0xDF and 2) or (c >= 0xE0 and c <= 0xEF and 3)
+                or (c >= 0xF0 and c <= 0xF4 and 4) or nil
+            local seq = len and sub(s, i, i + len - 1)
+            if seq and #seq == len and utf8.len(seq) == 1 then
+                local cp = utf8.codepoint(seq)
+                out[#out + 1] = invisible(cp) and format("\\u{%X}", cp) or seq
+                i = i + len
+            else
+                out[#out + 1] = format("\\%03d", c)
+                i = i + 1
+            end
+        end
     end
-    return '"' .. out .. '"'
+    return '"' .. concat(out) .. '"'
 end
 
 local function numlit(n)
