@@ -150,6 +150,9 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
     ar_buf b = {0};
     ar_change *ch = NULL;
     job_list jobs = {0};
+    ar_watch *adds = NULL;
+    const char **dels = NULL;
+    size_t nadd = 0, ndel = 0;
 
     if ((rc = ar_state_get_cursor(a->state, &cursor, &has, err, errlen)))
         return rc;
@@ -204,6 +207,15 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
         }
         int64_t upto = cursor;
         int stop_batch = 0;
+        free(adds);
+        free(dels);
+        adds = calloc(n ? n : 1, sizeof *adds);
+        dels = calloc(n ? n : 1, sizeof *dels);
+        nadd = ndel = 0;
+        if (!adds || !dels) {
+            rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory reading changes");
+            goto out;
+        }
         for (size_t i = 0; i < n && !stop_batch; i++) {
             const ar_change *c = &ch[i];
             if (strcmp(c->change_type, "StableStudy") == 0 ||
@@ -226,13 +238,27 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
                            c->id, derr);
                 }
             }
+            if (strcmp(c->change_type, "NewStudy") == 0 ||
+                strcmp(c->change_type, "NewSeries") == 0) {
+                ar_watch *w = &adds[nadd++];
+                snprintf(w->level, sizeof w->level, "%s",
+                         c->change_type[3] == 'S' && c->change_type[4] == 't' ? "study" : "series");
+                snprintf(w->resource_id, sizeof w->resource_id, "%s", c->id);
+                w->seq = c->seq;
+            } else if (strcmp(c->change_type, "StableStudy") == 0 ||
+                       strcmp(c->change_type, "StableSeries") == 0) {
+                dels[ndel++] = c->id;
+            }
             upto = c->seq;
         }
         if (n == 0 && last > upto)
             upto = last;
         if (upto != cursor || jobs.n) {
             char serr[1024] = "";
-            if (ar_state_record_jobs(a->state, jobs.v, jobs.n, upto, serr, sizeof serr)) {
+            /* an arrival added and stabilised in the same batch: the delete wins
+             * because adds are applied first */
+            if (ar_state_record_batch(a->state, jobs.v, jobs.n, adds, nadd, dels, ndel, upto,
+                                      serr, sizeof serr)) {
                 rc = ar_seterr(err, errlen, AR_EIO, "%s", serr);
                 goto out;
             }
@@ -246,10 +272,124 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
     }
     rc = AR_OK;
 out:
+    free(adds);
+    free(dels);
     free(jobs.v);
     free(ch);
     ar_buf_free(&b);
     return rc;
+}
+
+/* Is this watched arrival stable by Orthanc's word (IsStable) or by age
+ * (LastUpdate older than stable_age)?  AR_ENOTFOUND when it is gone. */
+static int arrival_stable(ar_app *a, const ar_watch *w, int *stable, char *err, size_t errlen)
+{
+    char path[256], v[64];
+    ar_buf b = {0};
+    int rc;
+    *stable = 0;
+    if (!ar_orthanc_valid_id(w->resource_id))
+        return AR_ENOTFOUND;
+    snprintf(path, sizeof path, "/%s/%s", strcmp(w->level, "study") == 0 ? "studies" : "series",
+             w->resource_id);
+    if ((rc = ar_http_get(a->http, path, &b, err, errlen)))
+        goto out;
+    if (ar_jsonq_get(b.data, b.len, "IsStable", v, sizeof v, NULL, 0) == 0 &&
+        strcmp(v, "true") == 0) {
+        *stable = 1;
+    } else if (ar_jsonq_get(b.data, b.len, "LastUpdate", v, sizeof v, NULL, 0) == 0) {
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        if (sscanf(v, "%4d%2d%2dT%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                   &tm.tm_min, &tm.tm_sec) == 6) {
+            tm.tm_year -= 1900;
+            tm.tm_mon -= 1;
+            tm.tm_isdst = -1;
+            time_t t = mktime(&tm); /* Orthanc writes LastUpdate in local time */
+            if (t != (time_t)-1 && difftime(time(NULL), t) > a->cfg.stable_age)
+                *stable = 1;
+        }
+    }
+    rc = AR_OK;
+out:
+    ar_buf_free(&b);
+    return rc;
+}
+
+/* Studies/series Orthanc announced but never logged as stable (it keeps its
+ * stability timers in memory: a restart mid-arrival loses the event).  An
+ * arrival found stable is confirmed only after one more pass over the change
+ * log, so an event logged meanwhile is handled the normal way, never twice. */
+static void check_unlogged(ar_app *a, int *outage)
+{
+    char err[1024] = "";
+    ar_watch *w = NULL, *w2 = NULL;
+    size_t n = 0, n2 = 0, ncand = 0;
+    char (*cand)[128] = NULL;
+    job_list jobs = {0};
+    int64_t cursor = 0;
+    int has = 0;
+
+    if (ar_state_watch_list(a->state, &w, &n, err, sizeof err) || n == 0)
+        goto out;
+    cand = calloc(n, sizeof *cand);
+    if (!cand)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        int stable = 0;
+        int rc = arrival_stable(a, &w[i], &stable, err, sizeof err);
+        if (rc == AR_ENOTFOUND) {
+            const char *del = w[i].resource_id;
+            if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) == 0)
+                ar_state_record_batch(a->state, NULL, 0, NULL, 0, &del, 1, cursor, err, sizeof err);
+        } else if (rc == AR_OK && stable) {
+            snprintf(cand[ncand++], sizeof cand[0], "%s", w[i].resource_id);
+        } else if (rc) {
+            goto out; /* Orthanc trouble: the next cycle will tell */
+        }
+    }
+    if (!ncand)
+        goto out;
+    if (poll_changes(a, outage, err, sizeof err))
+        goto out;
+    if (ar_state_watch_list(a->state, &w2, &n2, err, sizeof err))
+        goto out;
+    for (size_t i = 0; i < n2; i++) {
+        int is_cand = 0;
+        for (size_t k = 0; k < ncand && !is_cand; k++)
+            is_cand = strcmp(cand[k], w2[i].resource_id) == 0;
+        if (!is_cand)
+            continue;
+        ar_change c;
+        memset(&c, 0, sizeof c);
+        c.seq = w2[i].seq;
+        snprintf(c.change_type, sizeof c.change_type, "%s",
+                 strcmp(w2[i].level, "study") == 0 ? "StableStudy" : "StableSeries");
+        snprintf(c.resource_type, sizeof c.resource_type, "%s",
+                 strcmp(w2[i].level, "study") == 0 ? "Study" : "Series");
+        snprintf(c.id, sizeof c.id, "%s", w2[i].resource_id);
+        ar_log_fields f = {.study = c.id, .bytes = -1, .seconds = -1};
+        ar_log(AR_LOG_WARN, "stable.unlogged", &f,
+               "%s %s arrived (change %" PRId64 ") but Orthanc never logged it stable "
+               "(restarted meanwhile?); treating it as stable now",
+               w2[i].level, c.id, c.seq);
+        jobs.n = 0;
+        int rc = decide(a, &c, &jobs, err, sizeof err);
+        if (rc == AR_ENET || rc == AR_ENOMEM)
+            goto out;
+        const char *del = c.id;
+        if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) ||
+            ar_state_record_batch(a->state, jobs.v, jobs.n, NULL, 0, &del, 1, cursor, err,
+                                  sizeof err)) {
+            ar_log(AR_LOG_ERROR, "state.error", &f, "%s", err);
+            goto out;
+        }
+    }
+out:
+    free(jobs.v);
+    free(cand);
+    free(w);
+    free(w2);
 }
 
 static double backoff(const ar_config *c, int attempts)
@@ -354,6 +494,8 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
             if (once)
                 return rc;
         }
+        if (!outage && rc == AR_OK)
+            check_unlogged(a, &outage);
         if (!outage)
             run_jobs(a, once, st);
         if (once || (a->stop && *a->stop))

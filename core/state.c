@@ -101,6 +101,11 @@ static const char schema_v1[] =
     "  rel TEXT PRIMARY KEY NOT NULL,\n"
     "  owner TEXT NOT NULL\n"
     ");\n"
+    "CREATE TABLE IF NOT EXISTS watch(\n"
+    "  resource_id TEXT PRIMARY KEY NOT NULL,\n"
+    "  level TEXT NOT NULL,\n"
+    "  seq INTEGER NOT NULL\n"
+    ");\n"
     "PRAGMA user_version = 1;\n";
 
 struct ar_state {
@@ -397,6 +402,32 @@ int ar_state_set_cursor(ar_state *st, int64_t cursor, char *err, size_t errlen)
 int ar_state_record_jobs(ar_state *st, const ar_job *jobs, size_t n, int64_t new_cursor,
                          char *err, size_t errlen)
 {
+    return ar_state_record_batch(st, jobs, n, NULL, 0, NULL, 0, new_cursor, err, errlen);
+}
+
+/* Run one ad-hoc statement binding (text, text, int64) as given; no rows. */
+static int exec_bound(ar_state *st, const char *sql, const char *a, const char *b, int64_t c,
+                      const char *what, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = AR_OK;
+    if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK)
+        return db_fail(st, what, err, errlen);
+    if (a)
+        sqlite3_bind_text(s, 1, a, -1, SQLITE_STATIC);
+    if (b)
+        sqlite3_bind_text(s, 2, b, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(s, 3, c);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = db_fail(st, what, err, errlen);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_watch *add,
+                          size_t nadd, const char *const *del, size_t ndel, int64_t new_cursor,
+                          char *err, size_t errlen)
+{
     int rc;
     size_t i;
     double now = now_unix();
@@ -420,6 +451,17 @@ int ar_state_record_jobs(ar_state *st, const ar_job *jobs, size_t n, int64_t new
         if ((rc = step_done(st, Q_JOB_INSERT, "record job", NULL, err, errlen)))
             goto out;
     }
+    for (i = 0; i < nadd; i++)
+        if ((rc = exec_bound(st,
+                             "INSERT INTO watch(resource_id, level, seq) VALUES(?1, ?2, ?3) "
+                             "ON CONFLICT(resource_id) DO NOTHING",
+                             add[i].resource_id, add[i].level, add[i].seq, "watch arrival", err,
+                             errlen)))
+            goto out;
+    for (i = 0; i < ndel; i++)
+        if ((rc = exec_bound(st, "DELETE FROM watch WHERE resource_id = ?1", del[i], NULL, 0,
+                             "unwatch", err, errlen)))
+            goto out;
     if ((rc = put_cursor(st, new_cursor, err, errlen)))
         goto out;
     rc = commit(st, err, errlen);
@@ -427,6 +469,49 @@ out:
     if (rc)
         rollback(st);
     return rc;
+}
+
+int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    ar_watch *v = NULL;
+    size_t len = 0, cap = 0;
+    int rc = AR_OK, step;
+
+    *out = NULL;
+    *n = 0;
+    if (sqlite3_prepare_v2(st->db, "SELECT resource_id, level, seq FROM watch ORDER BY seq", -1,
+                           &s, NULL) != SQLITE_OK)
+        return db_fail(st, "list watched arrivals", err, errlen);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            ar_watch *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory listing arrivals");
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        const char *id = (const char *)sqlite3_column_text(s, 0);
+        const char *lv = (const char *)sqlite3_column_text(s, 1);
+        snprintf(v[len].resource_id, sizeof v[len].resource_id, "%s", id ? id : "");
+        snprintf(v[len].level, sizeof v[len].level, "%s", lv ? lv : "");
+        v[len].seq = sqlite3_column_int64(s, 2);
+        len++;
+    }
+    if (step != SQLITE_DONE)
+        rc = db_fail(st, "list watched arrivals", err, errlen);
+out:
+    sqlite3_finalize(s);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *n = len;
+    return AR_OK;
 }
 
 static void copy_col(sqlite3_stmt *s, int col, char *dst, size_t size)

@@ -52,6 +52,23 @@ int ar_state_set_cursor(ar_state *st, int64_t cursor, char *err, size_t errlen);
 int ar_state_record_jobs(ar_state *st, const ar_job *jobs, size_t n, int64_t new_cursor,
                          char *err, size_t errlen);
 
+/* Arrivals not yet seen stable: a study or series whose New* change was
+ * logged but whose Stable* change was not (yet).  See cli/daemon.c. */
+typedef struct ar_watch {
+    char level[16];          /* "study" | "series" */
+    char resource_id[128];
+    int64_t seq;             /* the change that announced it */
+} ar_watch;
+
+/* record_jobs, plus in the same transaction: start watching `add` (ignoring
+ * ones already watched) and stop watching the resource ids in `del`. */
+int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_watch *add,
+                          size_t nadd, const char *const *del, size_t ndel, int64_t new_cursor,
+                          char *err, size_t errlen);
+
+/* Every watched arrival, oldest first.  *out malloc'ed. */
+int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size_t errlen);
+
 /* Jobs that are PENDING and due (next_attempt_at <= now), oldest first.
  * *out is malloc'ed (free with free()). */
 int ar_state_due_jobs(ar_state *st, double now, ar_job **out, size_t *n, char *err, size_t errlen);
