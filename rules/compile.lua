@@ -23,8 +23,8 @@
 -- Pure Lua: no io/os/require; runs in the engine's trusted state.
 
 local type, tostring, pairs, ipairs, error, pcall, next = type, tostring, pairs, ipairs, error, pcall, next
-local format, find, sub, gsub, match, byte, rep = string.format, string.find, string.sub,
-    string.gsub, string.match, string.byte, string.rep
+local format, find, sub, gsub, match, byte = string.format, string.find, string.sub,
+    string.gsub, string.match, string.byte
 local concat, sort = table.concat, table.sort
 local floor, tointeger = math.floor, math.tointeger
 
@@ -933,7 +933,9 @@ local function compile_rule(rule, filename)
     local dest = get(rule, "DestinationModality")
     if dest ~= nil then want_string(ctx, "DestinationModality", dest) end
     if action == "forward" then
-        if dest == nil then fail(ctx, "DestinationModality", "missing (a FORWARD rule needs the modality to send to)") end
+        if dest == nil then
+            fail(ctx, "DestinationModality", "missing (a FORWARD rule needs the modality to send to)")
+        end
         want_string(ctx, "DestinationModality", dest, true)
         if find(dest, "[%c/\\]") then
             fail(ctx, "DestinationModality", "must not contain '/', '\\' or control characters")

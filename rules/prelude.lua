@@ -6,8 +6,11 @@
 --    cache of case-folded Lua patterns).  Only functions are exported, so the
 --    sandbox can expose the returned table read-only as it is.
 --  * Total on odd input: a nil or non-string tag value never raises, it just
---    does not pass ("a missing tag does not pass").  Only a malformed Lua
---    pattern given to matches() raises (that is the rule author's bug).
+--    does not pass ("a missing tag does not pass").  Only a rule author's
+--    mistakes raise: a malformed Lua pattern given to matches(), an unknown
+--    cmp() operator or kind, pn() part or datefmt() code.
+--  * exists(v) means present and not empty: DICOM type 2 tags may be sent
+--    empty, and an empty tag "exists" for no rule.
 --  * Case folding is ASCII only: A-Z and a-z compare equal when
 --    case_sensitive is not true; "É"/"é" or "Ω"/"ω" are different letters.
 --  * Multi-valued tags (Orthanc gives "A\\B" with a backslash separator): the
