@@ -14,6 +14,8 @@ packages=(
   orthanc dcmtk
   python3 python3-yaml
   curl ca-certificates
+  # the deployment stack run natively (tests/integration/test_stack.py)
+  postgresql orthanc-postgresql nginx
 )
 packages+=("$@")
 

@@ -84,7 +84,7 @@ def test_environment_overrides_file(t):
     file_storage = os.path.join(t.tmp, "file-storage")
     os.makedirs(file_storage)
     cfg = write_yaml(os.path.join(t.tmp, "o.yaml"), {
-        "orthanc_url": "http://127.0.0.1:%d" % h.closed_port(),  # wrong: env fixes it
+        "orthanc_url": "http://127.0.0.1:%d" % t.dead_port(),  # wrong: env fixes it
         "rules_dir": ws.rules, "storage_dir": file_storage, "state_dir": ws.state})
     r = run(t, ["run", "--config", cfg, "--once"],
             env={"AUTORTHANC_STORAGE_DIR": ws.storage, "AUTORTHANC_ORTHANC_URL": o.url})
@@ -176,7 +176,7 @@ def test_password_never_printed(t):
             outputs.append((f"{args[0]} with {extra}", r))
     # unreachable server with the password set
     r = run(t, ["run", "--once"], env={
-        "AUTORTHANC_ORTHANC_URL": "http://127.0.0.1:%d" % h.closed_port(),
+        "AUTORTHANC_ORTHANC_URL": "http://127.0.0.1:%d" % t.dead_port(),
         "AUTORTHANC_ORTHANC_USERNAME": "arbot", "AUTORTHANC_ORTHANC_PASSWORD": PASSWORD,
         "AUTORTHANC_RULES_DIR": ws.rules, "AUTORTHANC_STORAGE_DIR": ws.storage,
         "AUTORTHANC_STATE_DIR": os.path.join(t.tmp, "state3"), "AUTORTHANC_LOG_LEVEL": "debug",

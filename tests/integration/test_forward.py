@@ -69,7 +69,7 @@ def test_forward_series_rule_sends_only_that_series(t):
 
 
 def test_forward_unreachable_fails_naming_modality(t):
-    dead_port = h.closed_port()
+    dead_port = t.dead_port()
     src, dest = pair(t, {"DEADPACS": ["NOBODY", "127.0.0.1", dead_port]})
     ws = t.workspace(src)
     ws.rule("to_dead", action="FORWARD", destination="DEADPACS",

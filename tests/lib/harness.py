@@ -64,8 +64,23 @@ def free_port():
 
 
 def closed_port():
-    """A loopback port nothing listens on (for 'unreachable' tests)."""
+    """A loopback port nothing listened on a moment ago.  Another process may
+    bind it later; prefer TestContext.dead_port(), which holds it."""
     return free_port()
+
+
+class DeadPort:
+    """A loopback port bound but never listening: connections to it are
+    refused, and no other process (a parallel test's Orthanc) can take it
+    while this object is open.  Use for 'unreachable' tests; close() frees it."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    def close(self):
+        self.sock.close()
 
 
 def new_uid():
@@ -799,6 +814,12 @@ class TestContext:
         d = Daemon(args, env, cwd or self.tmp)
         self._cleanups.append(lambda: d.stop(signal.SIGKILL, timeout=5))
         return d
+
+    def dead_port(self):
+        """A port that refuses connections for the whole test (see DeadPort)."""
+        d = DeadPort()
+        self._cleanups.append(d.close)
+        return d.port
 
     def defer(self, fn):
         self._cleanups.append(fn)
