@@ -511,6 +511,117 @@ class Orthanc:
 
 
 # --------------------------------------------------------------------------
+# an HTTP proxy in front of Orthanc that counts (and can spoil) requests
+
+class CountingProxy:
+    """A loopback HTTP/1.1 proxy to `orthanc` (keep-alive, Content-Length
+    answers).  Every request is recorded as (method, path) in .requests.
+    `fault(method, path)` may return None (pass through), ("status", code)
+    to answer that code instead, or ("truncate", n) to announce the full
+    length but send only n bytes of the body and close.  Use as a context
+    manager or start()/stop(); .url is what autorthanc should be pointed at."""
+
+    def __init__(self, orthanc, fault=None):
+        import http.server
+        import threading
+        self.orthanc = orthanc
+        self.fault = fault
+        self.requests = []
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def setup(self):
+                super().setup()
+                # headers and body leave in two writes: without this, Nagle
+                # plus delayed ACK costs 40 ms per request
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def _relay(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                with proxy._lock:
+                    proxy.requests.append((self.command, self.path))
+                action = proxy.fault(self.command, self.path) if proxy.fault else None
+                if action and action[0] == "status":
+                    payload = b'{"HttpStatus": %d}' % action[1]
+                    self.send_response(action[1])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                    return
+                import http.client
+                up = http.client.HTTPConnection("127.0.0.1", proxy.orthanc.http_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "keep-alive",
+                                                "proxy-connection", "accept-encoding")}
+                try:
+                    up.request(self.command, self.path, body=body, headers=headers)
+                    resp = up.getresponse()
+                    data = resp.read()
+                    status, rheaders = resp.status, resp.getheaders()
+                finally:
+                    up.close()
+                self.send_response(status)
+                for k, v in rheaders:
+                    if k.lower() not in ("connection", "keep-alive", "transfer-encoding",
+                                         "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                if action and action[0] == "truncate":
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data[:action[1]])
+                    self.close_connection = True
+                    return
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _relay
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = None
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self):
+        import threading
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._thread:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.server_close()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def take(self):
+        """The requests recorded so far, and forget them."""
+        with self._lock:
+            out, self.requests = self.requests, []
+        return out
+
+
+# --------------------------------------------------------------------------
 # autorthanc
 
 Result = collections.namedtuple("Result", "rc stdout stderr")
@@ -814,6 +925,12 @@ class TestContext:
         d = Daemon(args, env, cwd or self.tmp)
         self._cleanups.append(lambda: d.stop(signal.SIGKILL, timeout=5))
         return d
+
+    def proxy(self, orthanc, fault=None):
+        """A started CountingProxy in front of orthanc, stopped after the test."""
+        p = CountingProxy(orthanc, fault).start()
+        self._cleanups.append(p.stop)
+        return p
 
     def dead_port(self):
         """A port that refuses connections for the whole test (see DeadPort)."""
