@@ -195,5 +195,27 @@ def test_export_of_larger_files(t):
     assert total > 12 * 250000, total
 
 
+def test_output_uid_gid_chown_the_tree(t):
+    if os.geteuid() != 0:
+        print("# test_output_uid_gid_chown_the_tree: not root, chown not exercised")
+        return
+    o = t.orthanc("CHOWN", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("owned", tags=[("PatientID", "Patient", "P12")])
+    s = o.create_study("P12", "OWN", "1", [{"SeriesNumber": "1", "SeriesDate": "20180102",
+                                           "instances": 2}])
+    o.wait_stable(s["study"])
+    ws.run_once(env={"AUTORTHANC_OUTPUT_UID": "12345", "AUTORTHANC_OUTPUT_GID": "12346"})
+    h.assert_tree_matches(o, ws.storage, layout(s, "owned/P12-OWN-EX1", ["1"], ["20180102"]))
+    top = ws.path("owned", "P12-OWN-EX1")
+    wrong = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for p in [dirpath] + [os.path.join(dirpath, f) for f in filenames]:
+            st = os.lstat(p)
+            if (st.st_uid, st.st_gid) != (12345, 12346):
+                wrong.append((os.path.relpath(p, ws.storage), st.st_uid, st.st_gid))
+    assert not wrong, f"not chowned to 12345:12346: {wrong[:5]}"
+
+
 if __name__ == "__main__":
     h.main()
