@@ -7,7 +7,8 @@
 #  3. a second build with -DAR_SANITIZE=ON (ASan + UBSan) running the unit tests.
 # Exits non-zero if any build or test fails; the last line sums up all tests.
 # Environment: AR_BUILD_DIR, AR_ASAN_BUILD_DIR (build folders), AR_JOBS (2),
-# AR_SKIP_ASAN=1 to skip step 3.
+# AR_SKIP_ASAN=1 to skip step 3, AR_ASAN_INTEGRATION=1 to run the integration
+# tests against the sanitized binary too (about 90 s more).
 set -uo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,10 +37,12 @@ if [[ "${AR_SKIP_ASAN:-0}" != 1 ]]; then
   step "ASan+UBSan build in $asan"
   cmake -S "$src" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DAR_SANITIZE=ON || die "sanitizer configure failed"
   cmake --build "$asan" -j"$jobs" || die "sanitizer build failed"
-  step "ctest (unit tests) under ASan+UBSan"
+  asan_tests='^unit\.'
+  if [[ "${AR_ASAN_INTEGRATION:-0}" == 1 ]]; then asan_tests='^(unit|integration)\.'; fi
+  step "ctest ($asan_tests) under ASan+UBSan"
   (cd "$asan" && ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1} \
      UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-     ctest -j"$jobs" -R '^unit\.' --output-on-failure --no-tests=error) 2>&1 | tee "$logdir/asan.log"
+     ctest -j"$jobs" -R "$asan_tests" --output-on-failure --no-tests=error) 2>&1 | tee "$logdir/asan.log"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
