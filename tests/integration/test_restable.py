@@ -164,6 +164,8 @@ def test_replacement_is_never_partial(t):
     assert new and len(new[1]) == 60, new
     h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "big/P22-ATOM-EX1"))
     assert looks, "the watcher never looked"
+    if os.environ.get("AR_DEBUG_LOOKS"):
+        print(f"# {len(looks)} looks, {len(set(x[0] for x in looks if x))} inodes, {sum(1 for x in looks if x is None)} straddling")
     absent = [x for x in looks if x and x[0] == "absent"]
     assert not absent, f"the final folder was missing in {len(absent)} of {len(looks)} looks"
     bad = [x for x in looks if x and x[1] not in (old[1], new[1])]
