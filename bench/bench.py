@@ -949,15 +949,19 @@ def main():
             o.poll_interval = 0.5
         main_sets = [Dataset("ct", 8, 64, 64), Dataset("small", 30, 16, 16, series=2)]
         mem_sets = [] if o.no_memory else [Dataset("memsmall", 5, 64, 64),
-                                           Dataset("membig", 40, 64, 64)]
+                                           Dataset("membig", 40, 64, 64),
+                                           Dataset("membigfiles", 5, 256, 256)]
     else:
         runs = o.runs or 5
         conns = [int(x) for x in (o.connections or "1,4").split(",")]
         fsyncs = (o.fsync or "off,on").split(",")
         idle_s = o.idle_seconds if o.idle_seconds is not None else 20.0
         main_sets = [Dataset("ct300", 300, 512, 512), Dataset("small2000", 2000, 32, 32, series=4)]
+        # 100 MB of CT slices; 1 GB of CT slices (10x the instances); 1 GB
+        # in the same 200 instances (5 MB each): bytes alone x10
         mem_sets = [] if o.no_memory else [Dataset("mem100m", 200, 512, 512),
-                                           Dataset("mem1g", 2000, 512, 512)]
+                                           Dataset("mem1g", 2000, 512, 512),
+                                           Dataset("mem1g200", 200, 1600, 1600)]
     if o.cases:
         keep = set(o.cases.split(","))
         main_sets = [d for d in main_sets if d.name in keep]
@@ -1032,16 +1036,21 @@ def main():
                   "wait4() maxrss, which includes this script's own size (an upper bound)")
         print("requests/study = metadata requests + file downloads, /changes excluded "
               "(see the counts above).")
-        if mem_cases:
+        if len(mem_cases) == 3:
             rs = [med([a["rss_kib"] for a in c["ar"]]) for c in mem_cases]
-            if len(rs) == 2 and all(rs):
-                a, b = rs
+            if all(rs):
+                base, many, big = rs
+                d0, d1, d2 = (c["ds"] for c in mem_cases)
                 print()
-                print(f"memory: peak RSS {mem_cases[0]['ds'].name} "
-                      f"({human_bytes(mem_cases[0]['ds'].bytes)}) {a / 1024:.1f} MiB, "
-                      f"{mem_cases[1]['ds'].name} ({human_bytes(mem_cases[1]['ds'].bytes)}) "
-                      f"{b / 1024:.1f} MiB: {(b / a - 1) * 100:+.1f} % "
-                      f"(target: <= 32 MiB and within 10 %)")
+                print("memory (peak RSS of `autorthanc run --once`; target: <= 32 MiB for 1 GB, "
+                      "and within 10 % of the 100 MB figure):")
+                for ds, r in ((d0, base), (d1, many), (d2, big)):
+                    print(f"  {ds.name:12s} {human_bytes(ds.bytes):>8s} in {ds.count:5d} "
+                          f"instances: {r / 1024:5.1f} MiB ({(r / base - 1) * 100:+.1f} %)")
+                print(f"  bytes x{d2.bytes / d0.bytes:.0f} at the same instance count: "
+                      f"{(big / base - 1) * 100:+.1f} %; instances x{d1.count / d0.count:.0f}: "
+                      f"{(many / base - 1) * 100:+.1f} % = "
+                      f"{(many - base) * 1024 / (d1.count - d0.count):.0f} bytes per extra instance")
         if idle:
             print()
             print(f"idle: {idle['seconds']:.1f} s window, poll interval {o.poll_interval:g} s: "
