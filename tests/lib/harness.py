@@ -49,6 +49,16 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 _PASSTHROUGH = ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS", "LANG", "LC_ALL", "TMPDIR")
 
 
+def _die_with_parent():
+    """preexec_fn: the child gets SIGTERM when the test process dies (ctest
+    kills a test that times out; its Orthancs and daemons must not linger)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
 class HarnessError(AssertionError):
     """A precondition of the test could not be established (or a wait timed out)."""
 
@@ -250,7 +260,8 @@ class Orthanc:
                 log.flush()
                 self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                              stderr=subprocess.STDOUT, cwd=self.tmpdir, env=env,
-                                             start_new_session=True)
+                                             start_new_session=True,
+                                             preexec_fn=_die_with_parent)
             if self._wait_started():
                 return self
             # Orthanc exited: most likely a port taken between our probe and its bind.
@@ -693,7 +704,8 @@ class Daemon:
         self.args = list(args)
         with open(self.out_path, "wb") as o, open(self.err_path, "wb") as e:
             self.proc = subprocess.Popen([exe] + self.args, cwd=self.dir, env=clean,
-                                         stdin=subprocess.DEVNULL, stdout=o, stderr=e)
+                                         stdin=subprocess.DEVNULL, stdout=o, stderr=e,
+                                         preexec_fn=_die_with_parent)
         _RUN_LOG.append(self)
 
     def stderr(self):
