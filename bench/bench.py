@@ -87,8 +87,13 @@ def new_uid():
     return "2.25." + str(uuid.uuid4().int)
 
 
+_log_lock = threading.Lock()
+
+
 def log(msg):
-    print(msg, file=sys.stderr, flush=True)
+    with _log_lock:
+        sys.stderr.write(msg + "\n")
+        sys.stderr.flush()
 
 
 class Pids:
@@ -417,14 +422,23 @@ class CountingProxy:
             def log_message(self, *a):
                 pass
 
+            def setup(self):
+                super().setup()
+                # headers and body leave in separate writes: without this,
+                # Nagle + delayed ACK stall every answer by ~40 ms
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+            def _upstream(self):
+                up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port, timeout=300)
+                up.connect()
+                up.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self._up = up
+                return up
+
             def _relay(self):
                 n = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(n) if n else None
-                up = getattr(self, "_up", None)
-                if up is None:
-                    up = http.client.HTTPConnection("127.0.0.1", proxy.upstream_port,
-                                                    timeout=300)
-                    self._up = up
+                up = getattr(self, "_up", None) or self._upstream()
                 hdrs = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 try:
                     up.request(self.command, self.path, body=body, headers=hdrs)
@@ -433,8 +447,7 @@ class CountingProxy:
                         BrokenPipeError):
                     # Orthanc closes idle keep-alive connections: reconnect once
                     up.close()
-                    up = self._up = http.client.HTTPConnection(
-                        "127.0.0.1", proxy.upstream_port, timeout=300)
+                    up = self._upstream()
                     up.request(self.command, self.path, body=body, headers=hdrs)
                     resp = up.getresponse()
                 proxy.count(self.command, self.path)
@@ -511,7 +524,7 @@ TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
 def run_measured(args, env, stdout_path, stderr_path, cwd, pids, timeout=1800):
-    """Run a command; return (exit code, wall seconds, peak RSS KiB, cpu s).
+    """Run a command; return (exit code, wall s, peak RSS KiB, cpu s, start time).
 
     Peak RSS comes from GNU time (-f %M), which forks the command from its own
     small process.  wait4() on a child of this script is not usable for it:
@@ -545,7 +558,7 @@ def run_measured(args, env, stdout_path, stderr_path, cwd, pids, timeout=1800):
                 rss = int(f.read().split()[-1])
         except (OSError, ValueError, IndexError):
             rss = None
-    return p.returncode, wall, rss, ru.ru_utime + ru.ru_stime
+    return p.returncode, wall, rss, ru.ru_utime + ru.ru_stime, t0
 
 
 def rss_exact():
@@ -657,7 +670,7 @@ class Bench:
         self.write_rule(rules, ds)
         env = self.ar_env(url or ds.orthanc.url, rules, storage, state, fsync, conns)
         os.sync()
-        rc, wall, rss, cpu = run_measured([self.o.binary, "run", "--once"], env,
+        rc, wall, rss, cpu, t_start = run_measured([self.o.binary, "run", "--once"], env,
                                           os.path.join(d, "stdout"), os.path.join(d, "stderr"),
                                           d, self.pids)
         with open(os.path.join(d, "stderr"), encoding="utf-8", errors="replace") as f:
@@ -668,7 +681,8 @@ class Bench:
         else:
             problem = check_tree(storage, ds)
         exp = export_seconds(errtext)
-        result = {"rc": rc, "wall": wall, "export": exp, "rss_kib": rss, "cpu": cpu,
+        result = {"rc": rc, "wall": wall, "t_start": t_start, "export": exp, "rss_kib": rss,
+                  "cpu": cpu,
                   "problem": problem, "dir": d}
         if not problem and not self.o.keep:
             drop_dir(d)
@@ -706,7 +720,7 @@ class Bench:
                     f.write(p.encode() + b"\0")
             args = ["/bin/sh", "-c", '"$@" && exec xargs -0 sync -- < "$0"', lst] + args
         os.sync()
-        rc, wall, rss, cpu = run_measured(args, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        rc, wall, rss, cpu, t_start = run_measured(args, {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                                  "HOME": self.work},
                                           os.path.join(d, "stdout"), os.path.join(d, "stderr"),
                                           d, self.pids)
@@ -757,7 +771,9 @@ class Bench:
         proxy = CountingProxy(ds.orthanc.port)
         try:
             r = self.autorthanc_once(ds, False, conns, f"{ds.name}-count", url=proxy.url)
-            counts, _ = proxy.snapshot()
+            t0 = r["t_start"]
+            t_end = t0 + r["wall"]
+            counts, reqlog = proxy.snapshot()
         finally:
             proxy.close()
         if r["problem"]:
@@ -765,7 +781,18 @@ class Bench:
         changes = sum(v for k, v in counts.items() if k.startswith("GET /changes"))
         files = sum(v for k, v in counts.items() if k.endswith("/file"))
         meta = sum(counts.values()) - changes - files
-        return {"changes": changes, "files": files, "meta": meta, "counts": counts}
+        # phases, from the proxy's clock (answers relayed through Python: rough)
+        file_t = [t for t, _m, p in reqlog if p.endswith("/file")]
+        meta_t = [t for t, _m, p in reqlog if not p.endswith("/file")
+                  and not p.startswith("/changes")]
+        phases = None
+        if file_t:
+            phases = {"first_file_ms": (min(file_t) - t0) * 1000,
+                      "files_ms": (max(file_t) - min(file_t)) * 1000,
+                      "after_last_file_ms": (t_end - max(file_t)) * 1000,
+                      "meta_before_files": sum(1 for t in meta_t if t < min(file_t))}
+        return {"changes": changes, "files": files, "meta": meta, "counts": counts,
+                "phases": phases}
 
     # -- one case -------------------------------------------------------------
     def run_case(self, ds, fsync, conns, runs):
@@ -1011,6 +1038,12 @@ def main():
             reqs[ds.name] = bench.count_requests(ds, conns[-1])
             log(f"  {ds.name}: " + ", ".join(f"{k} x{v}"
                                              for k, v in sorted(reqs[ds.name]["counts"].items())))
+            ph = reqs[ds.name]["phases"]
+            if ph:
+                log(f"    (through the proxy: first file request {ph['first_file_ms']:.0f} ms "
+                    f"after start, after {ph['meta_before_files']} metadata requests; files "
+                    f"{ph['files_ms']:.0f} ms; exit {ph['after_last_file_ms']:.0f} ms after "
+                    f"the last file request)")
 
         log(f"timed runs ({runs} each, median reported):")
         cases = []
