@@ -29,10 +29,21 @@ typedef struct ar_engine_opts {
     long long instruction_budget; /* per call into a rule; <= 0: 10,000,000 */
     long timeout_ms;              /* per call into a rule; <= 0: 2000 */
     long memory_mb;               /* whole state; <= 0: 64 */
+    const char *lua_dir;          /* NULL: embedded rules only; else a folder whose
+                                     <module>.lua files replace the embedded ones
+                                     (development, tests) */
 } ar_engine_opts;
 
 int ar_engine_new(const ar_engine_opts *o, ar_engine **out, char *err, size_t errlen);
 void ar_engine_free(ar_engine *e);
+
+/* Where a rule's print() goes (default: ar_log INFO "rule.print").  rule is
+ * the rule's name or NULL. */
+void ar_engine_set_print(ar_engine *e, void (*fn)(void *ud, const char *rule, const char *line),
+                         void *ud);
+
+/* Bytes the Lua state holds now. */
+size_t ar_engine_memory_used(const ar_engine *e);
 
 /* ---- rules ---------------------------------------------------------------- */
 

@@ -1,0 +1,98 @@
+/* engine_int.h - what the bindings/ C files share behind engine.h.
+ *
+ * Private to bindings/: the ar_engine struct, the counting allocator
+ * (lalloc.c), the instruction/time budget (budget.c) and the one protected
+ * door into Lua (door.c).  Nothing outside bindings/ includes this.
+ *
+ * The door: every call into Lua is `ar_door(e, fn, ctx, ...)`.  fn is a C
+ * function run under lua_pcall with a message handler; it receives ctx as a
+ * light userdata (index 1) and does ALL the Lua work of one operation there
+ * (pushing arguments, calling the host function, copying results into C
+ * memory owned by ctx), so no Lua API call that can raise ever runs outside
+ * protection.  On failure the caller frees whatever ctx holds.
+ */
+#ifndef AR_ENGINE_INT_H
+#define AR_ENGINE_INT_H
+
+#include <lua.h>
+#include <stddef.h>
+#include <time.h>
+
+#include "engine.h"
+
+/* ---- lalloc.c: lua_Alloc with a cap -------------------------------------- */
+
+typedef struct ar_lalloc {
+    size_t used;   /* bytes currently allocated by the state */
+    size_t cap;    /* refuse growth past this (0 = no cap) */
+    size_t peak;
+    size_t refused; /* allocations refused since creation */
+} ar_lalloc;
+
+void *ar_lalloc_fn(void *ud, void *ptr, size_t osize, size_t nsize);
+
+/* ---- budget.c: count hook + deadline ------------------------------------ */
+
+enum { AR_BUDGET_OK = 0, AR_BUDGET_INSNS = 1, AR_BUDGET_TIME = 2 };
+
+typedef struct ar_budget {
+    long long limit;          /* instructions per call */
+    long timeout_ms;          /* wall clock per call */
+    long long used;           /* instructions counted in this call */
+    struct timespec deadline;
+    int tripped;              /* AR_BUDGET_* */
+    char where[128];          /* "rules/x.lua:3" where it tripped */
+} ar_budget;
+
+void ar_budget_arm(lua_State *L, ar_budget *b);
+/* Removes the hook; returns b->tripped. */
+int ar_budget_disarm(lua_State *L, ar_budget *b);
+/* "exceeded instruction budget (N instructions) at rules/x.lua:3" */
+void ar_budget_message(const ar_budget *b, int tripped, char *out, size_t outlen);
+
+/* ---- the engine ------------------------------------------------------------ */
+
+struct ar_engine {
+    lua_State *L;
+    ar_lalloc mem;
+    ar_budget budget;
+    int host_ref;             /* registry ref of rules/host.lua's table */
+    int eval_ref;             /* registry ref of host.evaluate (hot path) */
+    ar_rule_info *rules;
+    size_t nrules;
+    char study_id[128];
+    char **series_ids;        /* current study's series, in study.series order */
+    size_t nseries;
+    long current_rule;        /* rule being called (for print), -1 = none */
+    char *lua_dir;            /* overlay folder for the rules/ modules, or NULL */
+    void (*print_fn)(void *ud, const char *rule, const char *line);
+    void *print_ud;
+};
+
+/* door.c: run fn(L) with ctx as its only argument, protected; budgeted calls
+ * are bounded by e->budget.  Returns AR_OK, or AR_ERULE (Lua error, budget)
+ * / AR_ENOMEM (allocation refused) with a one-line message in err. */
+int ar_door(ar_engine *e, lua_CFunction fn, void *ctx, int budgeted, char *err, size_t errlen);
+
+/* Inside a door function: the engine that owns L. */
+ar_engine *ar_engine_of(lua_State *L);
+/* Inside a door function: push host.<name> (a function). */
+void ar_push_host(lua_State *L, const char *name);
+/* Inside a door function: copy the string at idx into out (outlen bytes),
+ * raising a Lua error naming `what` if it isn't a string or doesn't fit.
+ * A nil value gives "" when optional is set. */
+void ar_copy_lstr(lua_State *L, int idx, char *out, size_t outlen, const char *what, int optional);
+
+/* evaluate.c: a budgeted door call into rule `rule` (match, hooks).  If it
+ * ran out of memory and the state kept what it grabbed, the rule's globals
+ * are reset to what it had after loading; if that isn't enough the rule is
+ * dropped (ok=0, error says why) so one rule can't starve the others. */
+int ar_rule_call(ar_engine *e, size_t rule, lua_CFunction fn, void *ctx, char *err, size_t errlen);
+
+/* sandbox.c: add the sandbox's C helpers to the table at index t (M.c). */
+void ar_sandbox_register(lua_State *L, int t);
+
+/* study.c: forget the current study on the C side. */
+void ar_study_forget(ar_engine *e);
+
+#endif

@@ -1,0 +1,234 @@
+-- host.lua - the entry points the C side (bindings/*.c) calls.
+--
+-- Holds the loaded rules (by C index i, stored at [i+1]) and the current
+-- study snapshot.  Every function here is called through the engine's one
+-- protected door; the ones that run rule code (load_rule, evaluate, plan,
+-- on_exported) are budgeted per call.  Data errors are raised as plain
+-- messages (error(msg, 0)) naming the answer and field, e.g.
+-- "/changes: Changes[3].Seq must be an integer".
+--
+-- A rule record (rules/loader.lua): { rule_name, file, kind, check_on,
+-- action, destination, active, comment, match, name, series_name,
+-- file_name, on_exported, env, rule = the table the file returned }.
+local M = ...
+
+local cjson = M.cjson
+local type, tostring, error, pcall = type, tostring, error, pcall
+local tointeger = math.tointeger
+
+-- Reject NaN/Infinity/hex numbers: Orthanc never sends them.
+if cjson.decode_invalid_numbers then cjson.decode_invalid_numbers(false) end
+
+local host = {}
+
+local rules, sources = {}, {}
+local current = nil -- study snapshot (rules/study.lua)
+
+local function fail(msg) error(msg, 0) end
+
+local function decode(body, what)
+    local ok, v = pcall(cjson.decode, body)
+    if not ok then fail(what .. ": invalid JSON: " .. tostring(v)) end
+    return v
+end
+
+local function integer(v)
+    if type(v) ~= "number" then return nil end
+    return tointeger(v)
+end
+
+local function typename(v)
+    if v == cjson.null then return "null" end
+    return type(v)
+end
+
+-- ---- rules ------------------------------------------------------------------
+
+local function snapshot(env)
+    local copy = {}
+    for k, v in next, env do copy[k] = v end
+    return copy
+end
+
+function host.clear_rules()
+    rules, sources = {}, {}
+end
+
+function host.load_rule(i, name, file, kind, text)
+    local src, chunkname = M.loader.source(file, kind, text)
+    sources[i + 1] = src
+    local rec = M.loader.instantiate(file, kind, src, chunkname)
+    rec.rule_name, rec.file, rec.kind = name, file, kind
+    rec.loaded_globals = snapshot(rec.env)
+    rules[i + 1] = rec
+    return {
+        check_on = rec.check_on, action = rec.action,
+        destination = rec.destination, active = rec.active,
+        naming_hook = rec.naming_hook,
+    }
+end
+
+-- The text of rule i's naming hook file, read by C from `path`.
+function host.attach_hook(i, path, text)
+    local rec = rules[i + 1]
+    if not rec then fail("rule #" .. i .. " is not loaded") end
+    M.loader.naming_hook(rec, path, text)
+    rec.loaded_globals = snapshot(rec.env)
+end
+
+-- After a rule ran out of memory: put its globals back as they were after
+-- loading (what it stored since is dropped).
+function host.reset_env(i)
+    local rec = rules[i + 1]
+    if not rec then return end
+    local env, saved = rec.env, rec.loaded_globals
+    local k = next(env)
+    while k ~= nil do
+        local nk = next(env, k)
+        if saved[k] == nil then rawset(env, k, nil) end
+        k = nk
+    end
+    for k2, v in next, saved do rawset(env, k2, v) end
+end
+
+-- Forget a rule entirely (the C side marks it broken).
+function host.drop_rule(i)
+    rules[i + 1] = nil
+end
+
+function host.rule_source(i)
+    return sources[i + 1]
+end
+
+-- The record of loaded rule i (nil if broken), for tools built on the host.
+function host.rule(i)
+    return rules[i + 1]
+end
+
+-- ---- Orthanc answers ----------------------------------------------------------
+
+function host.decode_changes(body)
+    local d = decode(body, "/changes")
+    if type(d) ~= "table" then fail("/changes: expected an object, got " .. typename(d)) end
+    local list = d.Changes
+    if type(list) ~= "table" then
+        fail("/changes: Changes must be a list, got " .. typename(list))
+    end
+    local last = integer(d.Last)
+    if not last then fail("/changes: Last must be an integer, got " .. typename(d.Last)) end
+    local done = d.Done
+    if done == nil then done = false end
+    if type(done) ~= "boolean" then fail("/changes: Done must be true or false") end
+    local out = {}
+    for i = 1, #list do
+        local c = list[i]
+        local what = "/changes: Changes[" .. (i - 1) .. "]"
+        if type(c) ~= "table" then fail(what .. " must be an object, got " .. typename(c)) end
+        local seq = integer(c.Seq)
+        if not seq or seq < 0 then fail(what .. ".Seq must be a non-negative integer") end
+        local function str(key, max)
+            local v = c[key]
+            if type(v) ~= "string" then
+                fail(what .. "." .. key .. " must be a string, got " .. typename(v))
+            end
+            if #v > max or v:find("\0", 1, true) then
+                fail(what .. "." .. key .. " is not a valid value (" .. #v .. " bytes)")
+            end
+            return v
+        end
+        out[i] = {
+            seq = seq,
+            change_type = str("ChangeType", 31),
+            resource_type = str("ResourceType", 15),
+            id = str("ID", 127),
+        }
+    end
+    return out, last, done
+end
+
+function host.decode_parent_study(body)
+    local d = decode(body, "/series")
+    if type(d) ~= "table" then fail("/series: expected an object, got " .. typename(d)) end
+    local p = d.ParentStudy
+    if type(p) ~= "string" or p == "" or #p > 127 or p:find("\0", 1, true) then
+        fail("/series: ParentStudy must be an id, got " .. typename(p))
+    end
+    return p
+end
+
+local function use_study(st, series, instances)
+    current = nil
+    local snap = M.study.build(st, series, instances)
+    if #snap.real.id > 127 or snap.real.id:find("\0", 1, true) or snap.real.id == "" then
+        fail("study: ID is not a valid id")
+    end
+    for _, id in ipairs(snap.series_ids) do
+        if #id > 127 or id:find("\0", 1, true) then fail("series: ID is not a valid id") end
+    end
+    current = snap
+    return snap.real.id, snap.series_ids
+end
+
+function host.set_study(study_body, series_body, instances_body)
+    current = nil
+    return use_study(decode(study_body, "/studies/{id}"),
+        decode(series_body, "/studies/{id}/series"),
+        decode(instances_body, "/studies/{id}/instances"))
+end
+
+function host.set_study_fixture(body)
+    current = nil
+    local d = decode(body, "fixture")
+    if type(d) ~= "table" then fail("fixture: expected an object, got " .. typename(d)) end
+    local series, instances = d.series, d.instances
+    if series == nil then series = {} end
+    if instances == nil then instances = {} end
+    return use_study(d.study, series, instances)
+end
+
+-- The current snapshot (nil if none), for tools built on the host.
+function host.current()
+    return current
+end
+
+-- ---- decisions --------------------------------------------------------------
+
+local function target(i, series_id)
+    local rec = rules[i + 1]
+    if not rec then fail("rule #" .. i .. " is not loaded") end
+    local snap = current
+    if not snap then fail("no current study") end
+    local rs
+    if series_id ~= nil then
+        rs = snap.series_by_id[series_id]
+        if not rs then fail("series " .. series_id .. " is not part of study " .. snap.real.id) end
+    end
+    return rec, snap, rs
+end
+
+-- matched (boolean), reason (string or nil)
+function host.evaluate(i, series_id)
+    local rec, snap, rs = target(i, series_id)
+    local m, why = rec.match(snap.view, rs and snap.wrap(rs) or nil)
+    if why ~= nil and type(why) ~= "string" then why = tostring(why) end
+    return m and true or false, why
+end
+
+function host.plan(i, series_id)
+    local rec, snap, rs = target(i, series_id)
+    if rec.check_on == "series" then
+        if not rs then fail("a series rule needs a series to plan") end
+    else
+        rs = nil
+    end
+    return M.layout.plan(rec, snap, rs)
+end
+
+function host.on_exported(i, series_id, path)
+    local rec, snap, rs = target(i, series_id)
+    if rec.on_exported then
+        rec.on_exported(snap.view, path, rs and snap.wrap(rs) or nil)
+    end
+end
+
+return host
