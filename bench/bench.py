@@ -1010,6 +1010,7 @@ def main():
     bench = Bench(o)
     sets = main_sets + mem_sets
     started = time.monotonic()
+    load_start = os.getloadavg()
     try:
         log(f"autorthanc benchmark: binary {o.binary}, work folder {o.workdir}")
         log(f"machine: {os.cpu_count()} CPU(s), Orthanc {ORTHANC_BIN}, {CURL_BIN}")
@@ -1062,11 +1063,13 @@ def main():
             if idle["rc"] != 0:
                 bench.failures.append(f"idle daemon exited {idle['rc']} on SIGTERM")
 
+        load_end = os.getloadavg()
         print()
         print(f"autorthanc export benchmark - {time.strftime('%Y-%m-%d')}, "
               f"{os.cpu_count()} CPUs, runs={runs} (median), "
               f"Orthanc {sets[0].orthanc.get('/system').get('Version')}, "
-              f"{subprocess.run([CURL_BIN, '--version'], capture_output=True, text=True).stdout.split()[1]}")
+              f"curl {subprocess.run([CURL_BIN, '--version'], capture_output=True, text=True).stdout.split()[1]}; "
+              f"load average {load_start[0]:.1f} at the start, {load_end[0]:.1f} at the end")
         print()
         print_table(HEADERS, [summarize(c, reqs) for c in cases + mem_cases])
         print()
