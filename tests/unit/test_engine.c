@@ -403,6 +403,67 @@ static void test_study(void)
     rm_tree(dir);
 }
 
+/* Mutated answers (fixed seed): every one is refused with a message or
+ * accepted and then usable; none crashes (run under ASan in CI). */
+static void test_mutations(void)
+{
+    ar_engine *e = engine(0, 0, 0, NULL);
+    char *dir = new_dir();
+    char err[1024];
+    size_t len, k, n = 0, accepted = 0;
+    char *orig = data("study_ct_two_series.json", &len);
+    char *buf = malloc(len + 1);
+    unsigned long long seed = 42;
+    ar_verdict *v = NULL;
+    ar_plan p;
+    int iter;
+
+    write_file(dir, "all.lua",
+               "return { check_on = 'study', action = 'download', match = function(study)\n"
+               "  local n = 0\n"
+               "  for _, s in ipairs(study.series) do for _, i in ipairs(s.instances) do\n"
+               "    n = n + #(i.tags.SOPInstanceUID or '') end end\n"
+               "  for k, v in pairs(study.tags) do n = n + #k + #v end\n"
+               "  return true, tostring(n) end }\n");
+    CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
+    for (iter = 0; iter < 400; iter++) {
+        size_t cut = len, flips;
+        int rc;
+        memcpy(buf, orig, len + 1);
+        for (flips = 0; flips < 1 + (size_t)(iter % 4); flips++) {
+            seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+            k = (size_t)(seed >> 33) % len;
+            switch ((seed >> 20) % 4) {
+            case 0: buf[k] = (char)(seed >> 8); break;          /* random byte */
+            case 1: buf[k] = "{}[]\",:0\\"[(seed >> 9) % 9]; break; /* structure */
+            case 2: cut = k; break;                            /* truncate */
+            default: buf[k] = '"'; break;
+            }
+        }
+        err[0] = '\0';
+        rc = ar_engine_set_study_fixture(e, buf, cut, err, sizeof err);
+        if (rc) {
+            CHECK(err[0] != '\0', "mutation %d refused with a message", iter);
+            continue;
+        }
+        accepted++;
+        if (ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0)
+            free(v);
+        if (ar_engine_plan(e, 0, NULL, &p, err, sizeof err) == 0) {
+            for (k = 0; k < p.n; k++)
+                if (!safe_path(p.files[k].rel_path))
+                    CHECK(0, "mutation %d: unsafe path %s", iter, p.files[k].rel_path);
+            CHECK(safe_path(p.folder), "mutation %d: unsafe folder %s", iter, p.folder);
+            ar_plan_free(&p);
+        }
+    }
+    printf("# %zu of 400 mutated fixtures were still valid studies\n", accepted);
+    free(buf);
+    free(orig);
+    ar_engine_free(e);
+    rm_tree(dir);
+}
+
 /* ---- sandbox ------------------------------------------------------------------ */
 
 typedef struct escape_case {
@@ -1138,6 +1199,7 @@ int main(void)
     find_datadir();
     test_changes();
     test_study();
+    test_mutations();
     test_sandbox();
     test_runaway();
     test_memory();
