@@ -6,7 +6,9 @@
  * outside the rule's own code (in a prelude helper, a metamethod, the host),
  * appends the innermost rule frame: "... (at rules/x.lua:3)".  Rule chunks
  * are the ones named "@<file>"; the engine's own modules are "=rules/...".
- * Budgeted calls are bounded by budget.c; memory by lalloc.c.  After a
+ * Budgeted calls are bounded by budget.c; memory by lalloc.c, and a
+ * budgeted call in which an allocation failed is an error even if the rule
+ * caught it.  After a
  * budget stop or a memory error the state is collected, so the next call
  * starts clean.
  */
@@ -54,6 +56,7 @@ int ar_door(ar_engine *e, lua_CFunction fn, void *ctx, int budgeted, char *err, 
     lua_State *L = e->L;
     int base = lua_gettop(L);
     int status, tripped = AR_BUDGET_OK, rc = AR_OK;
+    size_t failed = e->mem.failed;
 
     if (!lua_checkstack(L, 8))
         return ar_seterr(err, errlen, AR_ENOMEM, "Lua stack exhausted");
@@ -71,7 +74,10 @@ int ar_door(ar_engine *e, lua_CFunction fn, void *ctx, int budgeted, char *err, 
         char msg[256];
         ar_budget_message(&e->budget, tripped, msg, sizeof msg);
         rc = ar_seterr(err, errlen, AR_ERULE, "%s", msg);
-    } else if (status == LUA_ERRMEM) {
+    } else if (status == LUA_ERRMEM || (budgeted && e->mem.failed != failed)) {
+        /* Like the budget, running out of memory is the rule's error even if
+         * it caught "not enough memory" with its own pcall. */
+        status = LUA_ERRMEM;
         rc = ar_seterr(err, errlen, AR_ENOMEM, "not enough memory (the engine's limit is %zu MB)",
                        e->mem.cap / (1024 * 1024));
     } else if (status != LUA_OK) {

@@ -27,6 +27,10 @@ typedef struct ar_lalloc {
     size_t cap;    /* refuse growth past this (0 = no cap) */
     size_t peak;
     size_t refused; /* allocations refused since creation */
+    size_t failed;  /* ... refused again after Lua's emergency collection:
+                       each one raised "not enough memory" somewhere */
+    const void *last_ptr; /* the last refused request, to recognise the retry */
+    size_t last_osize, last_nsize;
 } ar_lalloc;
 
 void *ar_lalloc_fn(void *ud, void *ptr, size_t osize, size_t nsize);

@@ -5,7 +5,10 @@
  * collection, retries once, and raises "not enough memory" in the code that
  * asked.  The state stays usable: the error unwinds to the nearest pcall
  * (the door, or a rule's own pcall, after which the budget still applies).
- * Shrinking and freeing always succeed, even when over the cap.
+ * Shrinking and freeing always succeed, even when over the cap.  `failed`
+ * counts the requests that stayed refused after that collection (each one
+ * raised an error), so the door can tell a rule that caught its own memory
+ * error from one that never hit the cap.
  */
 #include <stdlib.h>
 
@@ -26,7 +29,15 @@ void *ar_lalloc_fn(void *ud, void *ptr, size_t osize, size_t nsize)
     if (nsize > old && a->cap) {
         size_t grow = nsize - old;
         if (a->used >= a->cap || grow > a->cap - a->used) {
+            /* Lua retries a refused request once, after a full collection;
+             * the same request refused twice is a real failure. */
+            if (a->refused && a->last_ptr == ptr && a->last_osize == osize &&
+                a->last_nsize == nsize)
+                a->failed++;
             a->refused++;
+            a->last_ptr = ptr;
+            a->last_osize = osize;
+            a->last_nsize = nsize;
             return NULL;
         }
     }
