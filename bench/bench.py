@@ -653,21 +653,28 @@ class Bench:
         env.update(extra or {})
         return env
 
-    def write_rule(self, rules, ds):
+    def write_rule(self, rules, ds, decoys=0):
         os.makedirs(rules, exist_ok=True)
+        for i in range(decoys):  # rules that look at the study and do not match
+            decoy = {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
+                     "Tags": [{"TagName": "StudyDescription", "Level": "Study",
+                               "Value": f"NOMATCH{i:05d}"},
+                              {"TagName": "Modality", "Level": "Series", "Value": "MR"}]}
+            with open(os.path.join(rules, f"decoy{i:05d}.json"), "w") as f:
+                json.dump(decoy, f)
         rule = {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
                 "Comment": "autorthanc benchmark",
                 "Tags": [{"TagName": "StudyDescription", "Level": "Study", "Value": ds.token}]}
         with open(os.path.join(rules, RULE_NAME + ".json"), "w") as f:
             json.dump(rule, f, indent=1)
 
-    def autorthanc_once(self, ds, fsync, conns, tag, url=None):
+    def autorthanc_once(self, ds, fsync, conns, tag, url=None, decoys=0):
         d = os.path.join(self.work, "runs", tag)
         drop_dir(d)
         rules, storage, state = (os.path.join(d, x) for x in ("rules", "storage", "state"))
         for x in (storage, state):
             os.makedirs(x)
-        self.write_rule(rules, ds)
+        self.write_rule(rules, ds, decoys)
         env = self.ar_env(url or ds.orthanc.url, rules, storage, state, fsync, conns)
         os.sync()
         rc, wall, rss, cpu, t_start = run_measured([self.o.binary, "run", "--once"], env,
@@ -767,10 +774,11 @@ class Bench:
         return {"wall": wall, "export": secs, "problem": problem}
 
     # -- request count ------------------------------------------------------
-    def count_requests(self, ds, conns):
+    def count_requests(self, ds, conns, decoys=0):
         proxy = CountingProxy(ds.orthanc.port)
         try:
-            r = self.autorthanc_once(ds, False, conns, f"{ds.name}-count", url=proxy.url)
+            r = self.autorthanc_once(ds, False, conns, f"{ds.name}-count", url=proxy.url,
+                                     decoys=decoys)
             t0 = r["t_start"]
             t_end = t0 + r["wall"]
             counts, reqlog = proxy.snapshot()
@@ -831,6 +839,20 @@ class Bench:
             + (" | core " + ", ".join(f"{c['wall']:.3f}s" for c in core) if core else ""))
         return {"label": label, "ds": ds, "fsync": fsync, "conns": conns, "ar": ar, "ref": ref,
                 "core": core}
+
+
+def rules_cost(bench, ds, decoys, conns, runs):
+    """Whole `run --once` with 1 rule vs 1 + decoys rules (same export)."""
+    one, many = [], []
+    for i in range(runs):
+        for n, acc in ((0, one), (decoys, many)) if i % 2 == 0 else ((decoys, many), (0, one)):
+            r = bench.autorthanc_once(ds, False, conns, f"{ds.name}-rules{n}", decoys=n)
+            if r["problem"]:
+                bench.failures.append(f"{ds.name} with {n + 1} rules: {r['problem']}")
+            else:
+                acc.append(r["wall"])
+    reqs = bench.count_requests(ds, conns, decoys=decoys)
+    return {"one": med(one), "many": med(many), "reqs": reqs}
 
 
 # ---------------------------------------------------------------------------
@@ -968,6 +990,9 @@ def main():
     ap.add_argument("--idle-seconds", type=float, default=None)
     ap.add_argument("--poll-interval", type=float, default=1.0)
     ap.add_argument("--no-memory", action="store_true", help="skip the 100 MB / 1 GB study")
+    ap.add_argument("--rules", type=int, default=None,
+                    help="extra non-matching rules for the rule-count line (default 999; "
+                         "--quick: 49; 0 = skip)")
     ap.add_argument("--cases", default=None, help="comma-separated subset: ct300,small2000")
     ap.add_argument("--parallel-immediate", action="store_true",
                     help="give curl --parallel-immediate")
@@ -1000,6 +1025,8 @@ def main():
         mem_sets = [] if o.no_memory else [Dataset("mem100m", 200, 512, 512),
                                            Dataset("mem1g", 2000, 512, 512),
                                            Dataset("mem1g200", 200, 1600, 1600)]
+    if o.rules is None:
+        o.rules = 49 if o.quick else 999
     if o.cases:
         keep = set(o.cases.split(","))
         main_sets = [d for d in main_sets if d.name in keep]
@@ -1056,6 +1083,11 @@ def main():
         for ds in mem_sets:
             mem_cases.append(bench.run_case(ds, False, conns[-1], min(runs, 3)))
 
+        rc_info = None
+        if o.rules > 0 and not o.reference_only and main_sets:
+            log(f"rule count: {main_sets[0].name} with 1 rule vs {o.rules + 1} rules:")
+            rc_info = rules_cost(bench, main_sets[0], o.rules, conns[-1], runs)
+
         idle = None
         if idle_s > 0 and not o.reference_only:
             log(f"idle cost ({idle_s:g} s window, poll interval {o.poll_interval:g} s):")
@@ -1098,6 +1130,15 @@ def main():
                       f"{(big / base - 1) * 100:+.1f} %; instances x{d1.count / d0.count:.0f}: "
                       f"{(many / base - 1) * 100:+.1f} % = "
                       f"{(many - base) * 1024 / (d1.count - d0.count):.0f} bytes per extra instance")
+        if rc_info and rc_info["one"] and rc_info["many"]:
+            r1 = reqs.get(main_sets[0].name)
+            rn = rc_info["reqs"]
+            print()
+            print(f"rules: {main_sets[0].name}, whole `run --once` with 1 rule "
+                  f"{rc_info['one']:.3f} s, with {o.rules + 1} rules {rc_info['many']:.3f} s "
+                  f"({(rc_info['many'] - rc_info['one']) * 1000:+.0f} ms for loading, compiling "
+                  f"and evaluating {o.rules} more); requests/study "
+                  f"{r1['meta']}+{r1['files']}f vs {rn['meta']}+{rn['files']}f" if r1 else "")
         if idle:
             print()
             print(f"idle: {idle['seconds']:.1f} s window, poll interval {o.poll_interval:g} s: "
