@@ -15,9 +15,11 @@ Stands on harness.py (imported as h; nothing there is changed) and adds:
     command prefix (nsenter, ...) and a preexec function (rlimits);
   - fsize_limit(): a preexec function setting RLIMIT_FSIZE with SIGXFSZ
     ignored, so an oversized write fails with EFBIG instead of killing;
-  - TmpfsNamespace: a small tmpfs mounted in a private mount namespace held
-    by one process, commands run inside it with nsenter, its files read from
-    outside through /proc/<pid>/root; skipped where mounting is not allowed;
+  - MountNamespace (tmpfs_namespace(), readonly_namespace()): a small tmpfs
+    or a read-only bind mount in a private mount namespace held by one
+    process, commands run inside it with nsenter (run_ar(prefix=...),
+    PrefixedDaemon), its files read from outside through /proc/<pid>/root;
+    MountNamespace.unavailable() says when mounting is not allowed here;
   - JSON log parsing (events()), `autorthanc jobs` parsing (jobs()), and
     tree checks that do not depend on the daemon (check_folder()).
 
@@ -61,6 +63,8 @@ class Fault:
                  and close the connection;
       "short"    forward, then send `keep` of the body with a Content-Length
                  saying exactly that (the size lie only FileSize can catch);
+      "corrupt"  forward, then send the body with one byte changed in its
+                 middle (same size: only a checksum can catch it);
       "close"    close the connection without answering;
       "hook"     call fn(method, path) and then forward normally.
     """
@@ -141,7 +145,7 @@ class FaultProxy:
         class Handler(_ProxyHandler):
             owner = proxy
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever,
                                        kwargs={"poll_interval": 0.05}, daemon=True)
@@ -199,6 +203,11 @@ class FaultProxy:
                 if fresh or attempt == 2:
                     raise
         raise OSError("unreachable")
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # a client hanging up mid-answer is part of the game
 
 
 class _ProxyHandler(http.server.BaseHTTPRequestHandler):
@@ -273,6 +282,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             return
         ctype = dict((k.lower(), v) for k, v in hdrs).get("content-type",
                                                            "application/octet-stream")
+        if kind == "corrupt" and status == 200 and data:
+            mid = len(data) // 2
+            data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
+            p._record(method, path, status, kind)
+            self._send(status, data, ctype)
+            return
         if kind in ("truncate", "short") and status == 200 and data:
             keep = f.params.get("keep", 0.5)
             cut = int(len(data) * keep) if isinstance(keep, float) else int(keep)
@@ -330,7 +345,8 @@ def start_orthanc_again(o, timeout=30):
         log.flush()
         o.proc = subprocess.Popen([h.ORTHANC_BIN, o.config_path], stdin=subprocess.DEVNULL,
                                   stdout=log, stderr=subprocess.STDOUT, cwd=o.tmpdir, env=env,
-                                  start_new_session=True)
+                                  start_new_session=True,
+                                  preexec_fn=getattr(h, "_die_with_parent", None))
 
     def up():
         if o.proc.poll() is not None:
@@ -505,15 +521,16 @@ def folder_problem(refs, storage_root, folder, expected):
 
 
 # ---------------------------------------------------------------------------
-# a small tmpfs in a private mount namespace
+# mounts in a private mount namespace (a small tmpfs, a read-only bind)
 
 
-class TmpfsNamespace:
-    """A tmpfs of `size` (e.g. "1m") mounted on `mountpoint` inside a new
-    mount namespace held by one process (`cat`, waiting on its stdin).  The
-    host never sees the mount; run commands inside with prefix(), read the
-    files from outside through path().  TmpfsNamespace.unavailable() says why
-    it can't work here (None when it can)."""
+class MountNamespace:
+    """A private mount namespace held by one process (`cat`, waiting on its
+    stdin; it ends when close() closes that pipe or when the test process
+    dies).  `setup` is a shell script run inside first (the mounts).  The
+    host never sees those mounts: run commands inside with prefix() or sh(),
+    read files from outside through path().  MountNamespace.unavailable()
+    says why it can't work here (None when it can)."""
 
     @staticmethod
     def unavailable():
@@ -521,47 +538,49 @@ class TmpfsNamespace:
             if not any(os.access(os.path.join(d, tool), os.X_OK)
                        for d in os.environ.get("PATH", "/usr/bin:/bin").split(":") if d):
                 return f"{tool} not found"
-        probe = tempfile.mkdtemp(prefix="ar-tmpfs-probe-")
+        probe = tempfile.mkdtemp(prefix="ar-mntns-probe-")
         try:
             p = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
-                                f"mount -t tmpfs -o size=64k tmpfs '{probe}'"],
+                                f"mount -t tmpfs -o size=64k tmpfs '{probe}' && "
+                                f"mount -o remount,ro '{probe}'"],
                                capture_output=True, timeout=20)
             if p.returncode != 0:
-                return ("cannot mount a tmpfs in a private mount namespace here: "
-                        + (p.stderr.decode(errors="replace").strip() or f"exit {p.returncode}"))
+                return ("cannot mount in a private mount namespace here (needs root or "
+                        "CAP_SYS_ADMIN): " + (p.stderr.decode(errors="replace").strip()
+                                              or f"exit {p.returncode}"))
         except (OSError, subprocess.SubprocessError) as e:
             return f"unshare failed: {e}"
         finally:
             os.rmdir(probe)
         return None
 
-    def __init__(self, mountpoint, size):
-        self.mountpoint = os.path.abspath(mountpoint)
-        os.makedirs(self.mountpoint, exist_ok=True)
-        script = (f"mount -t tmpfs -o size={size},mode=0755 tmpfs '{self.mountpoint}' "
-                  "&& echo mounted && exec cat")
+    def __init__(self, setup):
+        script = f"{setup} && echo mounted && exec cat"
         self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
                                       script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         line = self.proc.stdout.readline().decode().strip()
         if line != "mounted":
-            err = self.proc.stderr.read().decode(errors="replace") if self.proc.poll() \
-                is not None else ""
-            self.close()
-            raise h.HarnessError(f"tmpfs mount failed: {line!r} {err}")
+            self.proc.stdin.close()
+            self.proc.wait()
+            err = self.proc.stderr.read().decode(errors="replace")
+            raise h.HarnessError(f"mount namespace setup failed ({setup!r}): {err.strip()}")
 
     def prefix(self):
         return ["nsenter", f"--mount=/proc/{self.proc.pid}/ns/mnt", "--"]
 
-    def path(self, *parts):
-        """The mountpoint (or a path under it) as seen from outside."""
-        return os.path.join(f"/proc/{self.proc.pid}/root{self.mountpoint}", *parts)
-
-    def resize(self, size):
-        p = subprocess.run(self.prefix() + ["mount", "-o", f"remount,size={size}",
-                                            self.mountpoint], capture_output=True, timeout=20)
+    def sh(self, script):
+        """Run a shell script inside the namespace; HarnessError if it fails."""
+        p = subprocess.run(self.prefix() + ["sh", "-c", script], capture_output=True,
+                           timeout=30)
         if p.returncode != 0:
-            raise h.HarnessError(f"tmpfs remount failed: {p.stderr.decode(errors='replace')}")
+            raise h.HarnessError(f"{script!r} in the mount namespace failed: "
+                                 f"{p.stderr.decode(errors='replace').strip()}")
+        return p.stdout.decode(errors="replace")
+
+    def path(self, abs_path, *parts):
+        """abs_path (or a path under it) as seen inside the namespace, from outside."""
+        return os.path.join(f"/proc/{self.proc.pid}/root{os.path.abspath(abs_path)}", *parts)
 
     def close(self):
         if self.proc.poll() is None:
@@ -571,6 +590,65 @@ class TmpfsNamespace:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def tmpfs_namespace(mountpoint, size):
+    """A MountNamespace with a tmpfs of `size` (e.g. "1m") on mountpoint."""
+    os.makedirs(mountpoint, exist_ok=True)
+    return MountNamespace(f"mount -t tmpfs -o size={size},mode=0755 tmpfs '{mountpoint}'")
+
+
+def readonly_namespace(folder):
+    """A MountNamespace in which `folder` is a read-only bind mount of itself
+    (writes fail with EROFS, even for root)."""
+    return MountNamespace(f"mount --bind '{folder}' '{folder}' && "
+                          f"mount -o remount,bind,ro '{folder}'")
+
+
+class PrefixedDaemon:
+    """`autorthanc ARGS` in the background behind a command prefix (nsenter)
+    and/or a preexec_fn; the same interface as harness.Daemon."""
+
+    def __init__(self, args, env, cwd, prefix=(), preexec_fn=None):
+        self.dir = cwd
+        os.makedirs(cwd, exist_ok=True)
+        exe = h.binary()
+        self.args = list(args)
+        self.out_path = os.path.join(cwd, "daemon.stdout")
+        self.err_path = os.path.join(cwd, "daemon.stderr")
+        die = getattr(h, "_die_with_parent", None)
+
+        def pre():
+            if die:
+                die()
+            if preexec_fn:
+                preexec_fn()
+        with open(self.out_path, "wb") as o, open(self.err_path, "wb") as e:
+            self.proc = subprocess.Popen(list(prefix) + [exe] + self.args, cwd=cwd,
+                                         env=_clean_env(env, cwd), stdin=subprocess.DEVNULL,
+                                         stdout=o, stderr=e, preexec_fn=pre)
+
+    def stderr(self):
+        with open(self.err_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def stdout(self):
+        with open(self.out_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.proc.poll() is not None:
+            return self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            return None
 
 
 def kill_orthanc(o):
