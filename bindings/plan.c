@@ -4,7 +4,8 @@
  * name/series_name/file_name hooks) returns raw path components; every one
  * is sanitised here with ar_sanitize_component (fallback "UNKNOWN"), so no
  * hook or tag value can put a '/', '..' or control character in a path.
- *   folder   = "<rule>/<name components...>"
+ *   folder   = "<rule>/<name components...>" (the last one at most 243
+ *              bytes: core/export adds ".OLD.WORKING" beside it)
  *   rel_path = "<series folder components...>/<file name components...>"
  * Two files with the same rel_path (e.g. the same SOPInstanceUID twice) get
  * "_2", "_3", ... before the extension of all but the first, skipping any
@@ -21,6 +22,10 @@
 #include "engine_int.h"
 
 #define AR_FALLBACK "UNKNOWN"
+/* core/export.c builds "<folder>.WORKING" and "<folder>.OLD.WORKING" next to
+ * the final folder: its last component keeps room for that suffix. */
+#define AR_EXPORT_SUFFIX_MAX (sizeof ".OLD.WORKING" - 1)
+#define AR_FOLDER_LAST_MAX (AR_NAME_MAX - AR_EXPORT_SUFFIX_MAX)
 
 typedef struct strvec {
     char **v;
@@ -75,18 +80,20 @@ static int dbuf_add(dbuf *b, const char *s, size_t len)
     return 0;
 }
 
-/* Append one sanitised component (with a '/' before it unless first). */
-static void add_component(lua_State *L, dbuf *b, const char *raw, size_t rawlen)
+/* Append one sanitised component of at most max bytes (with a '/' before
+ * it unless first). */
+static void add_component(lua_State *L, dbuf *b, const char *raw, size_t rawlen, size_t max)
 {
     char comp[AR_NAME_MAX + 1];
-    size_t n = ar_sanitize_component(raw, rawlen, AR_FALLBACK, comp, AR_NAME_MAX);
+    size_t n = ar_sanitize_component(raw, rawlen, AR_FALLBACK, comp, max);
     if ((b->len && dbuf_add(b, "/", 1)) || dbuf_add(b, comp, n))
         luaL_error(L, "out of memory");
 }
 
 /* Append the components at idx: a string (one component, already split by
- * layout.lua) or a list of strings. */
-static void add_components(lua_State *L, dbuf *b, int idx, const char *what)
+ * layout.lua) or a list of strings.  The last one gets at most last_max
+ * bytes, the others AR_NAME_MAX. */
+static void add_components(lua_State *L, dbuf *b, int idx, const char *what, size_t last_max)
 {
     size_t len;
     const char *s;
@@ -94,16 +101,16 @@ static void add_components(lua_State *L, dbuf *b, int idx, const char *what)
     idx = lua_absindex(L, idx);
     if (lua_type(L, idx) == LUA_TSTRING) {
         s = lua_tolstring(L, idx, &len);
-        add_component(L, b, s, len);
+        add_component(L, b, s, len, last_max);
     } else if (lua_type(L, idx) == LUA_TTABLE) {
         lua_Integer i, n = (lua_Integer)lua_rawlen(L, idx);
         if (n <= 0)
-            add_component(L, b, "", 0);
+            add_component(L, b, "", 0, last_max);
         for (i = 1; i <= n; i++) {
             if (lua_rawgeti(L, idx, i) != LUA_TSTRING)
                 luaL_error(L, "%s: component %d is not a string", what, (int)i);
             s = lua_tolstring(L, -1, &len);
-            add_component(L, b, s, len);
+            add_component(L, b, s, len, i == n ? last_max : AR_NAME_MAX);
             lua_pop(L, 1);
         }
     } else {
@@ -142,9 +149,10 @@ static int plan_door(lua_State *L)
 
     /* folder */
     c->buf.len = 0;
-    add_component(L, &c->buf, e->rules[c->rule].name, strlen(e->rules[c->rule].name));
+    add_component(L, &c->buf, e->rules[c->rule].name, strlen(e->rules[c->rule].name),
+                  AR_NAME_MAX);
     lua_getfield(L, 2, "folder");
-    add_components(L, &c->buf, -1, "folder");
+    add_components(L, &c->buf, -1, "folder", AR_FOLDER_LAST_MAX);
     lua_pop(L, 1);
     p->folder = strdup(c->buf.p);
     if (!p->folder)
@@ -161,7 +169,7 @@ static int plan_door(lua_State *L)
         for (i = 1; i <= n; i++) {
             c->buf.len = 0;
             lua_rawgeti(L, 3, i);
-            add_components(L, &c->buf, -1, "series folder");
+            add_components(L, &c->buf, -1, "series folder", AR_NAME_MAX);
             lua_pop(L, 1);
             c->series_dirs[i - 1] = strdup(c->buf.p);
             if (!c->series_dirs[i - 1])
@@ -218,7 +226,7 @@ static int plan_door(lua_State *L)
         if (dbuf_add(&c->buf, c->series_dirs[si - 1], strlen(c->series_dirs[si - 1])))
             return luaL_error(L, "out of memory");
         lua_rawgeti(L, 7, i);
-        add_components(L, &c->buf, -1, "file name");
+        add_components(L, &c->buf, -1, "file name", AR_NAME_MAX);
         lua_pop(L, 1);
         f->rel_path = own(L, c, c->buf.p, c->buf.len);
         p->n = (size_t)i;

@@ -1018,6 +1018,10 @@ static void test_plans(void)
                "  name = function(study) return { '..', 'a/b', study.patient.PatientID, '' } end,\n"
                "  series_name = function(study, series) return 'x/../y/' .. series.tags.SeriesDescription end,\n"
                "  file_name = function(study, series, inst) return '../../evil\\1' .. inst.id .. '.dcm' end }\n");
+    write_file(dir, "long.lua",
+               "return { check_on = 'study', action = 'download', match = function() return true end,\n"
+               "  name = function() return { string.rep('a', 300), string.rep('\\u{e9}', 300) } end,\n"
+               "  file_name = function() return string.rep('f', 300) .. '.dcm' end }\n");
     write_file(dir, "badname.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end,\n"
                "  name = function(study) return { {} } end }\n");
@@ -1083,6 +1087,23 @@ static void test_plans(void)
             CHECK_STR(p.files[0].rel_path,
                       "x/UNKNOWN/y/\xe6\x97\xa5\xe6\x9c\xac\xe8\xaa\x9e/UNKNOWN/UNKNOWN/"
                       "evil_iiiiiiii-aaaaaaaa-22222222-33333333-44444444.dcm");
+        ar_plan_free(&p);
+    }
+    i = rule_index(e, "long");
+    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    CHECK(rc == 0, "plan: %s", err);
+    if (rc == 0) {
+        const char *last = strrchr(p.folder, '/');
+        size_t k2;
+        CHECK(safe_path(p.folder), "long folder safe");
+        CHECK(strncmp(p.folder, "long/", 5) == 0 && strcspn(p.folder + 5, "/") == 255,
+              "inner components up to 255 bytes: %s", p.folder);
+        /* Room for core/export's ".OLD.WORKING" beside the final folder,
+         * cut on a UTF-8 boundary (2-byte characters: 242 bytes). */
+        CHECK(last && strlen(last + 1) <= 243 && strlen(last + 1) % 2 == 0,
+              "last folder component %zu bytes", last ? strlen(last + 1) : 0);
+        for (k2 = 0; k2 < p.n; k2++)
+            CHECK(strlen(strrchr(p.files[k2].rel_path, '/') + 1) <= 255, "file name length");
         ar_plan_free(&p);
     }
     i = rule_index(e, "badname");
