@@ -61,7 +61,17 @@ function sandbox.readonly(label)
     return wrap
 end
 
-local frozen = sandbox.readonly("this library table")
+-- A read-only view of a flat table of functions (the libraries, the
+-- prelude): __index is the table itself, the fast path.
+local function frozen(t)
+    return real_setmetatable({}, {
+        __index = t,
+        __newindex = function() error("this library table is read-only", 2) end,
+        __len = function() return #t end,
+        __pairs = function(p) return next, t, nil end,
+        __metatable = "read-only library",
+    })
+end
 
 -- Guarded base functions -------------------------------------------------
 
