@@ -15,6 +15,10 @@
 int ar_jsonq_get(const char *body, size_t len, const char *path, char *out, size_t outlen,
                  char *err, size_t errlen);
 
+/* Same, any length: *out malloc'ed. */
+int ar_jsonq_get_dup(const char *body, size_t len, const char *path, char **out, char *err,
+                     size_t errlen);
+
 /* JSON string literal of s (quotes included), via cjson.encode.  *out malloc'ed. */
 int ar_jsonq_quote(const char *s, char **out, char *err, size_t errlen);
 

@@ -35,20 +35,23 @@ int ar_cmd_check(int argc, char **argv)
         goto out;
     }
     size_t n = ar_engine_rule_count(a.engine);
-    int broken = 0;
+    int broken = 0, emit = ar_opts_has(&o, "--emit-lua");
     for (size_t i = 0; i < n; i++) {
         const ar_rule_info *r = ar_engine_rule(a.engine, i);
+        /* with --emit-lua the report lines are Lua comments, so a single
+         * rule's output can be saved and loaded as a Lua rule as it is */
+        const char *lead = emit ? "-- " : "";
         if (!r->ok) {
             broken++;
-            printf("%-24s BROKEN  %s\n", r->name, r->error);
+            printf("%s%-24s BROKEN  %s\n", lead, r->name, r->error);
             continue;
         }
-        printf("%-24s %-6s %-8s%s%s%s  OK\n", r->name, r->check_on, r->action,
+        printf("%s%-24s %-6s %-8s%s%s%s  OK\n", lead, r->name, r->check_on, r->action,
                r->destination[0] ? " -> " : "", r->destination, r->active ? "" : " (inactive)");
-        if (ar_opts_has(&o, "--emit-lua")) {
+        if (emit) {
             char *src = NULL;
             if (ar_engine_rule_source(a.engine, i, &src, err, sizeof err) == 0) {
-                printf("-- %s (%s)\n%s\n", r->name, r->file, src);
+                printf("-- source of %s (%s)\n%s\n", r->name, r->file, src);
                 free(src);
             } else {
                 printf("-- %s: %s\n", r->name, err);

@@ -10,6 +10,7 @@
 #include "../core/export.h"
 #include "../core/log.h"
 #include "../core/orthanc.h"
+#include "../core/sanitize.h"
 #include "daemon.h"
 
 static double now_s(void)
@@ -32,11 +33,29 @@ static int load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
     return rc;
 }
 
+/* The export folder's last component must leave room for ".WORKING" and a
+ * collision suffix ("~xxxxxxxx-NN") within the 255-byte name limit. */
+#define AR_FOLDER_NAME_MAX (AR_NAME_MAX - 8 - 13)
+
+static int fit_folder(const char *folder, char *out, size_t outlen, char *err, size_t errlen)
+{
+    const char *slash = strrchr(folder, '/');
+    const char *last = slash ? slash + 1 : folder;
+    size_t head = (size_t)(last - folder);
+    char cut[AR_NAME_MAX + 1];
+    ar_sanitize_component(last, strlen(last), "UNKNOWN", cut, AR_FOLDER_NAME_MAX);
+    if (head + strlen(cut) + 1 > outlen)
+        return ar_seterr(err, errlen, AR_EIO, "export folder name too long: %.200s...", folder);
+    memcpy(out, folder, head);
+    strcpy(out + head, cut);
+    return AR_OK;
+}
+
 static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_t errlen)
 {
     int rc = AR_ERR;
     ar_plan plan = {0};
-    char folder[AR_PATH_LEN], owner[512];
+    char folder[AR_PATH_LEN], want[AR_PATH_LEN], owner[512];
     const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
     double t0 = now_s();
 
@@ -45,7 +64,9 @@ static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_
     if ((rc = ar_engine_plan(a->engine, (size_t)rule, series, &plan, err, errlen)))
         goto out;
     snprintf(owner, sizeof owner, "%s|%s", job->rule, job->resource_id);
-    if ((rc = ar_state_claim_folder(a->state, plan.folder, owner, job->resource_id, folder,
+    if ((rc = fit_folder(plan.folder, want, sizeof want, err, errlen)))
+        goto out;
+    if ((rc = ar_state_claim_folder(a->state, want, owner, job->resource_id, folder,
                                     sizeof folder, err, errlen)))
         goto out;
     ar_export_opts eo = {
