@@ -17,7 +17,8 @@ static const char jsonq_chunk[] =
     "if not ok then error('malformed JSON: ' .. tostring(v), 0) end\n"
     "for key in string.gmatch(path, '[^.]+') do\n"
     "  if type(v) ~= 'table' then return nil end\n"
-    "  v = v[key]\n"
+    "  local k = math.tointeger(tonumber(key))\n"
+    "  if k and v[k] ~= nil then v = v[k] else v = v[key] end\n"
     "end\n"
     "if v == nil or v == cjson.null then return nil end\n"
     "if type(v) == 'number' and math.type(v) == 'float' and v == math.floor(v) and v > -2^53 and v < 2^53 then\n"
@@ -25,6 +26,24 @@ static const char jsonq_chunk[] =
     "end\n"
     "if type(v) == 'table' then return cjson.encode(v) end\n"
     "return tostring(v)\n";
+
+/* Returns the strings of the list at path joined by "\n" (ids never hold one). */
+static const char list_chunk[] =
+    "local cjson, body, path = ...\n"
+    "local ok, v = pcall(cjson.decode, body)\n"
+    "if not ok then error('malformed JSON: ' .. tostring(v), 0) end\n"
+    "for key in string.gmatch(path, '[^.]+') do\n"
+    "  if type(v) ~= 'table' then return nil end\n"
+    "  v = v[key]\n"
+    "end\n"
+    "if type(v) ~= 'table' then return nil end\n"
+    "local out = {}\n"
+    "for i, s in ipairs(v) do\n"
+    "  if type(s) == 'table' then s = s.ID end\n"
+    "  if type(s) ~= 'string' or s:find('[\\n%z]') then error('list item ' .. i .. ' is not an id', 0) end\n"
+    "  out[#out + 1] = s\n"
+    "end\n"
+    "return table.concat(out, '\\n')\n";
 
 static const char quote_chunk[] =
     "local cjson, s = ...\n"
@@ -97,6 +116,45 @@ int ar_jsonq_get_dup(const char *body, size_t len, const char *path, char **out,
     *out = NULL;
     return run_chunk(jsonq_chunk, body ? body : "", body ? len : 0, path, NULL, 0, out, err,
                      errlen);
+}
+
+int ar_jsonq_list(const char *body, size_t len, const char *path, char ***items, size_t *n,
+                  char *err, size_t errlen)
+{
+    char *joined = NULL;
+    int rc;
+    *items = NULL;
+    *n = 0;
+    rc = run_chunk(list_chunk, body ? body : "", body ? len : 0, path ? path : "", NULL, 0,
+                   &joined, err, errlen);
+    if (rc)
+        return rc;
+    size_t count = joined[0] ? 1 : 0;
+    for (char *p = joined; *p; p++)
+        count += *p == '\n';
+    /* one block: the pointer array followed by the text */
+    size_t tlen = strlen(joined) + 1;
+    char **v = malloc((count + 1) * sizeof *v + tlen);
+    if (!v) {
+        free(joined);
+        return ar_seterr(err, errlen, AR_ENOMEM, "out of memory");
+    }
+    char *text = (char *)(v + count + 1);
+    memcpy(text, joined, tlen);
+    free(joined);
+    size_t i = 0;
+    for (char *p = text; count && i < count;) {
+        v[i++] = p;
+        char *nl = strchr(p, '\n');
+        if (!nl)
+            break;
+        *nl = 0;
+        p = nl + 1;
+    }
+    v[count] = NULL;
+    *items = v;
+    *n = count;
+    return AR_OK;
 }
 
 int ar_jsonq_quote(const char *s, char **out, char *err, size_t errlen)

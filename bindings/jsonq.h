@@ -19,6 +19,12 @@ int ar_jsonq_get(const char *body, size_t len, const char *path, char *out, size
 int ar_jsonq_get_dup(const char *body, size_t len, const char *path, char **out, char *err,
                      size_t errlen);
 
+/* The list of strings at path ("" = the top level), or of the "ID" fields
+ * of a list of objects.  *items is one malloc'ed block (free(*items)),
+ * NULL-terminated. */
+int ar_jsonq_list(const char *body, size_t len, const char *path, char ***items, size_t *n,
+                  char *err, size_t errlen);
+
 /* JSON string literal of s (quotes included), via cjson.encode.  *out malloc'ed. */
 int ar_jsonq_quote(const char *s, char **out, char *err, size_t errlen);
 
