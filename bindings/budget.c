@@ -30,6 +30,24 @@ static int past(const struct timespec *deadline)
            (ts.tv_sec == deadline->tv_sec && ts.tv_nsec >= deadline->tv_nsec);
 }
 
+/* Where the stop happened: the innermost frame of a rule file ("@..."
+ * chunks), else the running function. */
+static void note_where(lua_State *L, lua_Debug *ar, ar_budget *b)
+{
+    lua_Debug up;
+    int level;
+
+    b->where[0] = '\0';
+    for (level = 0; lua_getstack(L, level, &up); level++) {
+        if (lua_getinfo(L, "Sl", &up) && up.source[0] == '@' && up.currentline > 0) {
+            snprintf(b->where, sizeof b->where, "%s:%d", up.short_src, up.currentline);
+            return;
+        }
+    }
+    if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
+        snprintf(b->where, sizeof b->where, "%s:%d", ar->short_src, ar->currentline);
+}
+
 static void budget_hook(lua_State *L, lua_Debug *ar)
 {
     ar_budget *b = &ar_engine_of(L)->budget;
@@ -42,9 +60,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
             b->tripped = AR_BUDGET_TIME;
         else
             return;
-        b->where[0] = '\0';
-        if (lua_getinfo(L, "Sl", ar) && ar->currentline > 0)
-            snprintf(b->where, sizeof b->where, "%s:%d", ar->short_src, ar->currentline);
+        note_where(L, ar, b);
         /* From now on: every instruction, until the call returns to C. */
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     }
