@@ -38,7 +38,8 @@ int ar_engine_new(const ar_engine_opts *o, ar_engine **out, char *err, size_t er
 void ar_engine_free(ar_engine *e);
 
 /* Where a rule's print() goes (default: ar_log INFO "rule.print").  rule is
- * the rule's name or NULL. */
+ * the rule's name or NULL.  fn runs inside a call into Lua: it must not call
+ * back into the engine.  One engine belongs to one thread. */
 void ar_engine_set_print(ar_engine *e, void (*fn)(void *ud, const char *rule, const char *line),
                          void *ud);
 
