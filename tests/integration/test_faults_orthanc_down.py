@@ -12,10 +12,17 @@ change, nothing failed for good.
     is started again;
   - test_orthanc_stopped_while_idle: Orthanc is stopped cleanly (SIGTERM)
     while the daemon has nothing to do, stays down >= 10 s, is started again,
-    and a study that arrives afterwards is exported.
+    and a study that arrives afterwards is exported;
+  - test_outage_costs_pending_jobs_no_attempt: the jobs waiting behind the
+    one in flight are not each tried against the dead server;
+  - test_orthanc_new_database: Orthanc comes back with an empty database
+    (its change log restarts below our position): said once, started over;
+  - test_orthanc_restart_mid_arrival: a study still arriving when Orthanc
+    restarts never gets a StableStudy change; the daemon exports it anyway.
 """
 
 import os
+import shutil
 import sys
 import time
 
@@ -173,6 +180,83 @@ def test_orthanc_stopped_while_idle(t):
     assert rc == 0, f"SIGTERM: exit {rc}"
     jobs = f.jobs(ws)
     assert [j["status"] for j in jobs] == ["done", "done"], f"ledger: {jobs}"
+
+
+def test_orthanc_new_database(t):
+    """Orthanc comes back with a new, empty database on the same port: its
+    change log restarts below the daemon's position.  The daemon says so
+    (orthanc.reset, once), starts over from the new log and exports what
+    arrives there."""
+    o = t.orthanc("NEWDB", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("all", tags=[("StudyDescription", "Study", "outage")])
+    first = make_study(o, 1, 12, seed=1)
+    o.wait_stable(first["study"])
+    d = t.daemon(["run"], env=ws.env(AUTORTHANC_LOG_FORMAT="json"), cwd=ws.root)
+    h.wait_for(lambda: complete(o, ws, [(1, first)]), 30, "the first study exported")
+    old_last = o.last_change()
+    f.stop_orthanc(o)
+    for sub in ("index", "storage"):
+        shutil.rmtree(os.path.join(o.tmpdir, sub), ignore_errors=True)
+    o._file_cache.clear()
+    f.start_orthanc_again(o)
+    second = make_study(o, 2, 1, seed=2)
+    o.wait_stable(second["study"])
+    assert o.last_change() < old_last, "the new log is not shorter than the old one"
+
+    def exported_second():
+        if not d.alive():
+            raise AssertionError(f"daemon exited {d.proc.returncode}:\n{h.tail(d.stderr())}")
+        try:
+            h.assert_tree_matches(o, ws.storage, h.expected_files(o, second["study"],
+                                                                  "all/P2-DOWN-EX2"),
+                                  exact=False)
+            return True
+        except AssertionError:
+            return False
+    try:
+        h.wait_for(exported_second, 30, "the study of the new database to be exported")
+    except h.HarnessError as e:
+        raise AssertionError(f"{e}\ndaemon stderr:\n{h.tail(d.stderr())}") from None
+    resets = f.events(d.stderr(), "orthanc.reset")
+    assert len(resets) == 1, f"{len(resets)} orthanc.reset lines (once expected)"
+    assert d.stop() == 0
+
+
+def test_orthanc_restart_mid_arrival(t):
+    """Orthanc keeps its stability timers in memory: a study still arriving
+    when it restarts never gets a StableStudy change.  The daemon notices the
+    arrival it saw (NewStudy/NewSeries) that never became stable in the log,
+    and exports it once Orthanc says IsStable (or it is older than
+    stable_age)."""
+    o = t.orthanc("MIDARRIVAL", dicom=False, extra_config={"StableAge": 4})
+    ws = t.workspace(o)
+    ws.rule("all", tags=[("StudyDescription", "Study", "outage")])
+    env = ws.env(AUTORTHANC_LOG_FORMAT="json", AUTORTHANC_STABLE_AGE="2")
+    d = t.daemon(["run"], env=env, cwd=ws.root)
+    s = make_study(o, 3, 6, seed=3)
+    # the daemon saw the arrival (the study's NewStudy change is behind its position)
+    h.wait_for(lambda: any(c["ChangeType"] == "NewStudy" and c["ID"] == s["study"]
+                           for c in o.changes(0)), 10, "NewStudy in the log")
+    f.stop_orthanc(o)  # well before StableAge: the timer dies with Orthanc
+    f.start_orthanc_again(o)
+    assert not [c for c in o.changes(0) if c["ChangeType"] == "StableStudy"], \
+        "Orthanc logged the study stable before its restart: nothing to catch up"
+
+    def exported():
+        if not d.alive():
+            raise AssertionError(f"daemon exited {d.proc.returncode}:\n{h.tail(d.stderr())}")
+        return complete(o, ws, [(3, s)])
+    try:
+        h.wait_for(exported, 40, "the study Orthanc never logged stable to be exported")
+    except h.HarnessError as e:
+        raise AssertionError(f"{e}\ndaemon stderr:\n{h.tail(d.stderr())}") from None
+    assert not [c for c in o.changes(0) if c["ChangeType"] == "StableStudy"], \
+        "Orthanc logged StableStudy after all: the catch-up path was not what exported it"
+    assert f.events(d.stderr(), "stable.unlogged"), "no stable.unlogged line"
+    assert d.stop() == 0
+    jobs = f.jobs(ws)
+    assert [j["status"] for j in jobs] == ["done"], f"one job expected: {jobs}"
 
 
 if __name__ == "__main__":
