@@ -65,6 +65,8 @@ class Fault:
                  saying exactly that (the size lie only FileSize can catch);
       "corrupt"  forward, then send the body with one byte changed in its
                  middle (same size: only a checksum can catch it);
+      "slow"     forward, then send the body at about `rate` bytes/s (a slow
+                 link; the pacing is the fault, not a synchronisation);
       "close"    close the connection without answering;
       "hook"     call fn(method, path) and then forward normally.
     """
@@ -287,6 +289,22 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
             data = data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1:]
             p._record(method, path, status, kind)
             self._send(status, data, ctype)
+            return
+        if kind == "slow" and status == 200:
+            rate = max(1, int(f.params.get("rate", 65536)))
+            step = max(1, rate // 20)
+            p._record(method, path, status, kind)
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for off in range(0, len(data), step):
+                    self.wfile.write(data[off:off + step])
+                    self.wfile.flush()
+                    time.sleep(step / rate)
+            except OSError:
+                self.close_connection = True
             return
         if kind in ("truncate", "short") and status == 200 and data:
             keep = f.params.get("keep", 0.5)
