@@ -25,6 +25,7 @@ typedef struct ar_app {
     uint64_t rules_sig;          /* fingerprint of the rules folder at last load */
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
     volatile sig_atomic_t *reload; /* set by SIGHUP */
+    int64_t orthanc_last;        /* Orthanc's last change seen by the loop, -1 unknown */
 } ar_app;
 
 /* Load configuration (path may be NULL) and set up logging.  AR_EXIT_USAGE on error. */

@@ -8,6 +8,7 @@
 #include "../bindings/jsonq.h"
 #include "app.h"
 #include "opts.h"
+#include "status.h"
 
 static const char status_usage[] =
     "usage: autorthanc status [--config FILE] [--json]\n"
@@ -41,40 +42,37 @@ int ar_cmd_status(int argc, char **argv)
     }
     ar_buf_free(&b);
 
-    int64_t cursor = 0;
-    int has = 0;
-    size_t counts[4] = {0, 0, 0, 0};
-    int state_ok = ar_app_open_state(&a) == 0;
-    if (state_ok) {
+    ar_app_open_state(&a);
+    if (ar_app_open_engine(&a) == 0 &&
+        ar_engine_load_rules_dir(a.engine, a.cfg.rules_dir, err, sizeof err) != 0) {
+        ar_engine_free(a.engine);
+        a.engine = NULL;
+    }
+    ar_status_in in = {.reachable = reachable, .version = version, .last_change = last,
+                       .orthanc_error = orthanc_err};
+    char *json = NULL;
+    if (ar_opts_has(&o, "--json")) {
+        if (ar_status_json(&a, &in, &json, err, sizeof err) == 0)
+            printf("%s\n", json);
+        free(json);
+    } else {
+        int64_t cursor = 0;
+        int has = 0;
+        size_t counts[4] = {0, 0, 0, 0}, nrules = 0, broken = 0;
         ar_job *jobs = NULL;
         size_t n = 0;
-        ar_state_get_cursor(a.state, &cursor, &has, err, sizeof err);
-        if (ar_state_list_jobs(a.state, -1, &jobs, &n, err, sizeof err) == 0)
-            for (size_t i = 0; i < n; i++)
-                if (jobs[i].status >= 0 && jobs[i].status < 4)
-                    counts[jobs[i].status]++;
-        free(jobs);
-    }
-    size_t nrules = 0, broken = 0;
-    if (ar_app_open_engine(&a) == 0 &&
-        ar_engine_load_rules_dir(a.engine, a.cfg.rules_dir, err, sizeof err) == 0) {
-        nrules = ar_engine_rule_count(a.engine);
-        for (size_t i = 0; i < nrules; i++)
-            broken += !ar_engine_rule(a.engine, i)->ok;
-    }
-    if (ar_opts_has(&o, "--json")) {
-        char *url = NULL, *oe = NULL;
-        ar_jsonq_quote(a.cfg.orthanc_url, &url, err, sizeof err);
-        ar_jsonq_quote(orthanc_err, &oe, err, sizeof err);
-        printf("{\"orthanc\":{\"url\":%s,\"reachable\":%s,\"version\":\"%s\",\"last_change\":%s,"
-               "\"error\":%s},\"cursor\":%" PRId64 ",\"rules\":{\"loaded\":%zu,\"broken\":%zu},"
-               "\"jobs\":{\"pending\":%zu,\"done\":%zu,\"failed\":%zu,\"gone\":%zu}}\n",
-               url ? url : "null", reachable ? "true" : "false", version, last[0] ? last : "null",
-               oe ? oe : "null", cursor, nrules - broken, broken, counts[AR_JOB_PENDING],
-               counts[AR_JOB_DONE], counts[AR_JOB_FAILED], counts[AR_JOB_GONE]);
-        free(url);
-        free(oe);
-    } else {
+        if (a.state) {
+            ar_state_get_cursor(a.state, &cursor, &has, err, sizeof err);
+            if (ar_state_list_jobs(a.state, -1, &jobs, &n, err, sizeof err) == 0)
+                for (size_t i = 0; i < n; i++)
+                    if (jobs[i].status >= 0 && jobs[i].status < 4)
+                        counts[jobs[i].status]++;
+        }
+        if (a.engine) {
+            nrules = ar_engine_rule_count(a.engine);
+            for (size_t i = 0; i < nrules; i++)
+                broken += !ar_engine_rule(a.engine, i)->ok;
+        }
         if (reachable)
             printf("orthanc   %s: reachable, version %s, last change %s\n", a.cfg.orthanc_url,
                    version, last[0] ? last : "?");
@@ -83,8 +81,21 @@ int ar_cmd_status(int argc, char **argv)
         printf("position  %" PRId64 "%s\n", cursor, has ? "" : " (never ran)");
         printf("rules     %zu loaded, %zu broken (%s)\n", nrules - broken, broken,
                a.cfg.rules_dir);
+        for (size_t i = 0; a.engine && i < nrules; i++) {
+            const ar_rule_info *r = ar_engine_rule(a.engine, i);
+            if (!r->ok)
+                printf("          broken: %s\n", r->error);
+        }
         printf("jobs      %zu pending, %zu done, %zu failed, %zu gone\n", counts[AR_JOB_PENDING],
                counts[AR_JOB_DONE], counts[AR_JOB_FAILED], counts[AR_JOB_GONE]);
+        for (size_t i = n, k = 0; i-- > 0 && k < 5;) {
+            if (jobs[i].status == AR_JOB_FAILED) {
+                printf("          failed job %" PRId64 " (%s, %s): %s\n", jobs[i].id, jobs[i].rule,
+                       jobs[i].study_id, jobs[i].last_error);
+                k++;
+            }
+        }
+        free(jobs);
     }
     code = reachable ? AR_EXIT_OK : AR_EXIT_FAIL;
 out:

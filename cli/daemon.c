@@ -15,6 +15,7 @@
 #include "../core/export.h"
 #include "../core/log.h"
 #include "../core/orthanc.h"
+#include "status.h"
 
 #define CHANGES_LIMIT 200
 
@@ -272,9 +273,14 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
         }
         if ((rc = ar_engine_decode_changes(a->engine, b.data, b.len, &ch, &n, &last, &done, err,
                                            errlen))) {
-            rc = AR_ENET; /* a garbled answer: try again later */
+            char tmp[1024];
+            snprintf(tmp, sizeof tmp, "%s", err);
+            ar_seterr(err, errlen, AR_ENET, "garbled answer from %s/changes: %s",
+                      a->cfg.orthanc_url, tmp);
+            rc = AR_ENET; /* try again later */
             goto out;
         }
+        a->orthanc_last = last;
         if (n == 0 && last < cursor) {
             ar_log(AR_LOG_WARN, "orthanc.reset", NULL,
                    "Orthanc's change log restarted (last change %" PRId64
@@ -537,11 +543,23 @@ static int run_jobs(ar_app *a, int once, ar_run_stats *st)
     return AR_OK;
 }
 
+static void write_status(ar_app *a, int outage, const char *err)
+{
+    char last[32] = "", serr[1024] = "";
+    if (a->orthanc_last >= 0)
+        snprintf(last, sizeof last, "%" PRId64, a->orthanc_last);
+    ar_status_in in = {.reachable = !outage, .version = "", .last_change = last,
+                       .orthanc_error = outage ? err : ""};
+    if (ar_status_write(a, &in, serr, sizeof serr))
+        ar_log(AR_LOG_WARN, "status.write", NULL, "%s", serr);
+}
+
 int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
 {
     char err[2048] = "";
     int outage = 0, removed = 0;
     memset(st, 0, sizeof *st);
+    a->orthanc_last = -1;
 
     if (make_dirs(a->cfg.storage_dir, err, sizeof err)) {
         ar_log(AR_LOG_ERROR, "storage.create", NULL, "%s", err);
@@ -584,6 +602,7 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
             check_unlogged(a, &outage);
         if (!outage)
             run_jobs(a, once, st);
+        write_status(a, outage, err);
         if (once || (a->stop && *a->stop))
             break;
         nap(a, a->cfg.poll_interval);
