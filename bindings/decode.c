@@ -2,8 +2,9 @@
  *
  * host.lua decodes with lua-cjson under pcall and checks every type; this
  * file copies the checked values into caller memory, refusing values that
- * don't fit.  Malformed JSON, wrong types, non-integer numbers and over-long
- * strings are errors (AR_ERR, message says which field), never crashes.
+ * don't fit.  A body that isn't JSON at all (garbled in transit) is AR_ENET,
+ * worth retrying; wrong types, non-integer numbers and over-long strings are
+ * AR_ERR (the message says which field).  Never a crash.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 typedef struct changes_ctx {
     const char *body;
     size_t len;
+    char garbled[512];   /* set when the body is not JSON */
     ar_change *out;
     size_t n;
     int64_t last;
@@ -30,6 +32,11 @@ static int changes_door(lua_State *L)
     ar_push_host(L, "decode_changes");
     lua_pushlstring(L, c->body, c->len);
     lua_call(L, 1, 3); /* stack: ctx, list, last, done */
+    if (lua_isnil(L, 2)) {
+        ar_seterr(c->garbled, sizeof c->garbled, AR_ENET, "%s",
+                  lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : "/changes: garbled answer");
+        return 0;
+    }
     luaL_checktype(L, 2, LUA_TTABLE);
     c->last = (int64_t)luaL_checkinteger(L, 3);
     c->done = lua_toboolean(L, 4);
@@ -72,6 +79,8 @@ int ar_engine_decode_changes(ar_engine *e, const char *body, size_t len, ar_chan
         free(c.out);
         return rc == AR_ENOMEM ? rc : AR_ERR;
     }
+    if (c.garbled[0])
+        return ar_seterr(err, errlen, AR_ENET, "%s", c.garbled);
     *out = c.out;
     *n = c.n;
     if (last)
@@ -84,6 +93,7 @@ int ar_engine_decode_changes(ar_engine *e, const char *body, size_t len, ar_chan
 typedef struct parent_ctx {
     const char *body;
     size_t len;
+    char garbled[512];
     char *id;
     size_t idlen;
 } parent_ctx;
@@ -94,24 +104,38 @@ static int parent_door(lua_State *L)
 
     ar_push_host(L, "decode_parent_study");
     lua_pushlstring(L, c->body, c->len);
-    lua_call(L, 1, 1);
-    ar_copy_lstr(L, -1, c->id, c->idlen, "ParentStudy", 0);
+    lua_call(L, 1, 2);
+    if (lua_isnil(L, 2)) {
+        ar_seterr(c->garbled, sizeof c->garbled, AR_ENET, "%s",
+                  lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : "/series: garbled answer");
+        return 0;
+    }
+    ar_copy_lstr(L, 2, c->id, c->idlen, "ParentStudy", 0);
     return 0;
 }
 
 int ar_engine_decode_parent_study(ar_engine *e, const char *body, size_t len,
                                   char *study_id, size_t idlen, char *err, size_t errlen)
 {
-    parent_ctx c = {body ? body : "", body ? len : 0, study_id, idlen};
+    parent_ctx c;
     int rc;
 
     if (!study_id || idlen == 0)
         return ar_seterr(err, errlen, AR_ERR, "no room for the study id");
+    memset(&c, 0, sizeof c);
+    c.body = body ? body : "";
+    c.len = body ? len : 0;
+    c.id = study_id;
+    c.idlen = idlen;
     study_id[0] = '\0';
     rc = ar_door(e, parent_door, &c, 0, err, errlen);
     if (rc) {
         study_id[0] = '\0';
         return rc == AR_ENOMEM ? rc : AR_ERR;
+    }
+    if (c.garbled[0]) {
+        study_id[0] = '\0';
+        return ar_seterr(err, errlen, AR_ENET, "%s", c.garbled);
     }
     return AR_OK;
 }

@@ -5,6 +5,8 @@
  * the read-only study object rules see.  The C side keeps the study id and
  * its series ids (in study.series order) to drive evaluation.  A failed
  * set_study leaves no current study, so no rule runs against stale data.
+ * An answer that is not JSON at all gives AR_ENET (garbled in transit:
+ * retry); JSON of the wrong shape gives AR_ERR.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +35,7 @@ typedef struct study_ctx {
     char id[128];
     char **series;
     size_t nseries;
+    char garbled[512];       /* an answer was not JSON */
 } study_ctx;
 
 static int study_door(lua_State *L)
@@ -45,6 +48,11 @@ static int study_door(lua_State *L)
     for (k = 0; k < c->nparts; k++)
         lua_pushlstring(L, c->parts[k], c->lens[k]);
     lua_call(L, c->nparts, 2); /* stack: ctx, id, series ids */
+    if (lua_isnil(L, 2)) {
+        ar_seterr(c->garbled, sizeof c->garbled, AR_ENET, "%s",
+                  lua_type(L, 3) == LUA_TSTRING ? lua_tostring(L, 3) : "garbled answer");
+        return 0;
+    }
     ar_copy_lstr(L, 2, c->id, sizeof c->id, "study ID", 0);
     luaL_checktype(L, 3, LUA_TTABLE);
     n = (lua_Integer)lua_rawlen(L, 3);
@@ -79,6 +87,8 @@ static int run_study(ar_engine *e, study_ctx *c, char *err, size_t errlen)
         free(c->series);
         return rc == AR_ENOMEM ? rc : AR_ERR;
     }
+    if (c->garbled[0])
+        return ar_seterr(err, errlen, AR_ENET, "%s", c->garbled);
     memcpy(e->study_id, c->id, sizeof e->study_id);
     e->series_ids = c->series;
     e->nseries = c->nseries;

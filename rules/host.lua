@@ -5,7 +5,9 @@
 -- protected door; the ones that run rule code (load_rule, evaluate, plan,
 -- on_exported) are budgeted per call.  Data errors are raised as plain
 -- messages (error(msg, 0)) naming the answer and field, e.g.
--- "/changes: Changes[3].Seq must be an integer".
+-- "/changes: Changes[3].Seq must be an integer".  decode_changes,
+-- decode_parent_study and set_study return nil, message when an answer is
+-- not JSON at all (garbled in transit: the caller retries).
 --
 -- A rule record (rules/loader.lua): { rule_name, file, kind, check_on,
 -- action, destination, active, comment, match, name, series_name,
@@ -26,10 +28,28 @@ local current = nil -- study snapshot (rules/study.lua)
 
 local function fail(msg) error(msg, 0) end
 
-local function decode(body, what)
+-- A body that is not JSON at all was garbled on the way (Orthanc only
+-- sends JSON): the entry points below return nil, message for it, and the
+-- C side reports a retryable error.  Valid JSON of the wrong shape raises.
+local function decode(body, what, file)
     local ok, v = pcall(cjson.decode, body)
-    if not ok then fail(what .. ": invalid JSON: " .. tostring(v)) end
+    if not ok then
+        local msg = what .. ": invalid JSON: " .. tostring(v)
+        if file then fail(msg) end
+        error({ garbled = msg }, 0)
+    end
     return v
+end
+
+local unpack, pack = table.unpack, table.pack
+local function answers(fn)
+    return function(...)
+        local r = pack(pcall(fn, ...))
+        if r[1] then return unpack(r, 2, r.n) end
+        local e = r[2]
+        if type(e) == "table" and e.garbled then return nil, e.garbled end
+        error(e, 0)
+    end
 end
 
 local function integer(v)
@@ -107,7 +127,7 @@ end
 
 -- ---- Orthanc answers ----------------------------------------------------------
 
-function host.decode_changes(body)
+host.decode_changes = answers(function(body)
     local d = decode(body, "/changes")
     if type(d) ~= "table" then fail("/changes: expected an object, got " .. typename(d)) end
     local list = d.Changes
@@ -144,9 +164,9 @@ function host.decode_changes(body)
         }
     end
     return out, last, done
-end
+end)
 
-function host.decode_parent_study(body)
+host.decode_parent_study = answers(function(body)
     local d = decode(body, "/series")
     if type(d) ~= "table" then fail("/series: expected an object, got " .. typename(d)) end
     local p = d.ParentStudy
@@ -154,7 +174,7 @@ function host.decode_parent_study(body)
         fail("/series: ParentStudy must be an id, got " .. typename(p))
     end
     return p
-end
+end)
 
 local function use_study(st, series, instances)
     current = nil
@@ -169,16 +189,16 @@ local function use_study(st, series, instances)
     return snap.real.id, snap.series_ids
 end
 
-function host.set_study(study_body, series_body, instances_body)
+host.set_study = answers(function(study_body, series_body, instances_body)
     current = nil
     return use_study(decode(study_body, "/studies/{id}"),
         decode(series_body, "/studies/{id}/series"),
         decode(instances_body, "/studies/{id}/instances"))
-end
+end)
 
 function host.set_study_fixture(body)
     current = nil
-    local d = decode(body, "fixture")
+    local d = decode(body, "fixture", true)
     if type(d) ~= "table" then fail("fixture: expected an object, got " .. typename(d)) end
     local series, instances = d.series, d.instances
     if series == nil then series = {} end

@@ -255,6 +255,9 @@ static void test_changes(void)
                                           sizeof err);
             CHECK(rc != 0 && ch == NULL && err[0], "bad /changes #%zu refused (rc=%d, err=%s)", i,
                   rc, err);
+            /* Not JSON at all: garbled in transit, retryable; else a bad shape. */
+            CHECK(rc == (has(err, "invalid JSON") ? AR_ENET : AR_ERR), "#%zu code %d: %s", i, rc,
+                  err);
         }
     }
     {
@@ -302,7 +305,10 @@ static void test_changes(void)
         CHECK_STR(id, "fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927");
         t = "{\"ParentStudy\":42}";
         rc = ar_engine_decode_parent_study(e, t, strlen(t), id, sizeof id, err, sizeof err);
-        CHECK(rc != 0 && id[0] == '\0', "numeric parent refused");
+        CHECK(rc == AR_ERR && id[0] == '\0', "numeric parent refused");
+        t = "{\"ParentStudy\": \"abc";
+        rc = ar_engine_decode_parent_study(e, t, strlen(t), id, sizeof id, err, sizeof err);
+        CHECK(rc == AR_ENET && id[0] == '\0', "garbled /series answer: %d %s", rc, err);
     }
     ar_engine_free(e);
 }
@@ -379,8 +385,12 @@ static void test_study(void)
     free(v);
 
     /* Wrong shapes: errors, and no current study afterwards. */
+    rc = ar_engine_set_study(e, a, l1, b, l2, c, l3 / 2, err, sizeof err);
+    CHECK(rc == AR_ENET && has(err, "/studies/{id}/instances: invalid JSON"),
+          "a truncated answer is worth retrying: %d %s", rc, err);
+    CHECK_STR(ar_engine_study_id(e), "");
     rc = ar_engine_set_study(e, b, l2, a, l1, c, l3, err, sizeof err);
-    CHECK(rc != 0, "answers in the wrong order are refused");
+    CHECK(rc == AR_ERR, "answers in the wrong order are refused: %d %s", rc, err);
     CHECK_STR(ar_engine_study_id(e), "");
     rc = ar_engine_set_study(e, a, l1, "{}", 2, "[{\"ID\":5}]", 10, err, sizeof err);
     CHECK(rc != 0 && has(err, "instances"), "bad instances refused: %s", err);
@@ -395,7 +405,7 @@ static void test_study(void)
     }
     CHECK(rc == 0, "odd but harmless fixture accepted: %s", err);
     rc = ar_engine_set_study_fixture(e, "not json", 8, err, sizeof err);
-    CHECK(rc != 0 && has(err, "invalid JSON"), "fixture not JSON: %s", err);
+    CHECK(rc == AR_ERR && has(err, "invalid JSON"), "fixture not JSON: %s", err);
     free(a);
     free(b);
     free(c);
