@@ -8,7 +8,8 @@ succeeds, byte-exact; the daemon (without --once) keeps running and retries
 by itself.  Running as root makes chmod useless, so the faults are:
   - a file-size limit (RLIMIT_FSIZE, SIGXFSZ ignored: write fails with EFBIG);
   - a 1 MiB tmpfs in a private mount namespace (ENOSPC);
-  - a read-only bind mount of the storage folder (EROFS).
+  - a read-only bind mount of the storage folder (EROFS);
+  - a 192 KiB tmpfs for the state folder (the SQLite ledger fills up).
 The mount tests are skipped (with the reason printed) where this process may
 not mount in a new namespace.
 
@@ -151,6 +152,61 @@ def test_daemon_retries_when_room_returns(t):
     assert mnt in msg and ENOSPC in msg, f"error: {msg!r}"
     rc = d.stop()
     assert rc == 0, f"SIGTERM: exit {rc}"
+
+
+def test_state_folder_full(t):
+    """The state folder (the SQLite ledger) fills up in the middle of a run:
+    no crash, a clear error naming the state database, nothing partial in
+    storage; once there is room again the next run finishes the work, each
+    study exported once into its own folder (no "~" twin, no lost study)."""
+    why = f.MountNamespace.unavailable()
+    if why:
+        return skip(why)
+    o = t.orthanc("STATEFULL", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("all", tags=[("StudyDescription", "Study", "disk")])
+    studies = []
+    for k in range(1, 9):
+        s = o.create_study(f"PST{k}", "FULL^STATE", str(k),
+                           [{"SeriesNumber": "1", "SeriesDate": "20240402", "instances": 2,
+                             "content": h.png_data_uri(64, 64, seed=k)}],
+                           study_tags={"StudyDescription": "DISK"})
+        studies.append((k, s))
+    for _k, s in studies:
+        o.wait_stable(s["study"])
+    mnt = os.path.join(t.tmp, "state")
+    # room for the database and its shared-memory file, and a few commits of
+    # its write-ahead log: full part-way through the eight jobs
+    ns = f.tmpfs_namespace(mnt, "192k")
+    t.defer(ns.close)
+    env = ws.env(AUTORTHANC_LOG_FORMAT="json", AUTORTHANC_STATE_DIR=mnt)
+    r = f.run_ar(["run", "--once"], env=env, cwd=ws.root, prefix=ns.prefix(), timeout=120)
+    assert r.rc in (1, 2), f"a full state folder: exit {r.rc}, expected 1 (or 2):\n" \
+                           f"{h.tail(r.stderr)}"
+    for bad in ("AddressSanitizer", "runtime error:", "Segmentation"):
+        assert bad not in r.stderr, f"{bad}:\n{h.tail(r.stderr)}"
+    errors = [f.message(e) for e in f.events(r.stderr) if e.get("level") == "error"]
+    assert any(mnt in m or "full" in m.lower() for m in errors), \
+        f"no error names the state database or says it is full: {errors[:3]}"
+    assert not f.working_left(ws.storage), f".WORKING left: {f.working_left(ws.storage)}"
+    exported_first = len(f.events(r.stderr, "export.done"))
+    for folder in os.listdir(ws.path("all")) if os.path.isdir(ws.path("all")) else []:
+        k = int(folder.split("-")[0][3:])
+        s = dict(studies)[k]
+        h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], f"all/{folder}"),
+                              exact=False)  # whatever is there is whole
+    ns.sh(f"mount -o remount,size=16m '{mnt}'")
+    r = f.run_ar(["run", "--once"], env=env, cwd=ws.root, prefix=ns.prefix(), timeout=120)
+    assert r.rc == 0, f"with room again: exit {r.rc}:\n{h.tail(r.stderr)}"
+    expected = {}
+    for k, s in studies:
+        expected.update(h.expected_files(o, s["study"], f"all/PST{k}-FULL-EX{k}"))
+    h.assert_tree_matches(o, ws.storage, expected)  # exact: no "~" twin, nothing lost
+    jobs = f.run_ar(["jobs"], env=env, cwd=ws.root, prefix=ns.prefix())
+    lines = [ln.split("\t") for ln in jobs.stdout.splitlines() if ln.strip()]
+    assert len(lines) == len(studies) and all(ln[1] == "done" for ln in lines), \
+        f"ledger: {jobs.stdout}"
+    print(f"# {exported_first} export(s) before the state folder was full", flush=True)
 
 
 def test_free_space_checked_before_export(t):
