@@ -135,7 +135,10 @@ host.decode_changes = answers(function(body)
         fail("/changes: Changes must be a list, got " .. typename(list))
     end
     local last = integer(d.Last)
-    if not last then fail("/changes: Last must be an integer, got " .. typename(d.Last)) end
+    if not last or last < 0 then
+        fail("/changes: Last must be a non-negative integer, got " ..
+            (last and tostring(last) or typename(d.Last)))
+    end
     local done = d.Done
     if done == nil then done = false end
     if type(done) ~= "boolean" then fail("/changes: Done must be true or false") end

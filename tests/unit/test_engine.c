@@ -236,6 +236,7 @@ static void test_changes(void)
             "{\"Changes\":[],\"Done\":true}",
             "{\"Changes\":[],\"Done\":\"yes\",\"Last\":1}",
             "{\"Changes\":[],\"Done\":true,\"Last\":1.5}",
+            "{\"Changes\":[],\"Done\":true,\"Last\":-5}",
             "{\"Changes\":[],\"Done\":true,\"Last\":1e400}",
             "{\"Changes\":[],\"Done\":true,\"Last\":NaN}",
             "{\"Changes\":[],\"Done\":true,\"Last\":Infinity}",
