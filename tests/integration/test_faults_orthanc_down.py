@@ -229,7 +229,7 @@ def test_orthanc_restart_mid_arrival(t):
     arrival it saw (NewStudy/NewSeries) that never became stable in the log,
     and exports it once Orthanc says IsStable (or it is older than
     stable_age)."""
-    o = t.orthanc("MIDARRIVAL", dicom=False, extra_config={"StableAge": 4})
+    o = t.orthanc("MIDARRIVAL", dicom=False, extra_config={"StableAge": 10})
     ws = t.workspace(o)
     ws.rule("all", tags=[("StudyDescription", "Study", "outage")])
     env = ws.env(AUTORTHANC_LOG_FORMAT="json", AUTORTHANC_STABLE_AGE="2")

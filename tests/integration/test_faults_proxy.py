@@ -294,6 +294,29 @@ def test_malformed_study_answer_is_retried(t):
                              f"{errors[0][:200]!r}): {str(e).splitlines()[0]}") from None
 
 
+def test_garbled_study_during_job_is_retried(t):
+    """The rules decided; when the job fetches the study to plan its export,
+    the answer is garbled once.  That is a server hiccup, not a broken
+    study: the job must stay pending for a retry, and the next run exports
+    it."""
+    o, ws, s, proxy, env = setup(t, "BADJOB", n=2)
+    proxy.add(f"/studies/{s['study']}", "body", times=1,
+              when=lambda: any(j["resource"] == s["study"] for j in f.jobs(ws)),
+              body=b'{"ID": "' + s["study"].encode() + b'", "MainDicomTags": {"Study')
+    r = run_once(ws, env)
+    assert_not_crashed(r, "garbled study answer in a job")
+    assert_nothing_exported(ws)
+    jobs = f.jobs(ws)
+    assert len(jobs) == 1, f"ledger: {jobs}"
+    assert jobs[0]["status"] == "pending", (
+        f"one garbled answer failed the job for good ({jobs[0]['status']}, "
+        f"{jobs[0]['detail'][:160]!r}); it should be retried like a network error")
+    proxy.clear()
+    r = run_once(ws, env)
+    assert r.rc == 0, f"exit {r.rc}:\n{h.tail(r.stderr)}"
+    assert_exported(o, ws, s)
+
+
 def test_corrupt_file_caught_by_md5(t):
     """Not implemented in the daemon yet: issue 6's optional MD5 check
     (verify_md5 / AUTORTHANC_VERIFY_MD5) against

@@ -52,7 +52,8 @@ class Fault:
     """One fault: requests whose method is `method` (None = any) and whose
     path (with query) fully matches the regular expression `path` are
     affected, `times` times (None = every time), after the first `after`
-    matching requests went through untouched.
+    matching requests went through untouched, and only while the optional
+    `when()` (a parameter) returns true.
 
     kind:
       "status"   answer `status` (default 500) with `body` (a JSON error);
@@ -88,6 +89,9 @@ class Fault:
         if self.path.fullmatch(path) is None:
             return False
         if self.times is not None and self.hits >= self.times:
+            return False
+        when = self.params.get("when")
+        if when is not None and not when():
             return False
         self.seen += 1
         if self.seen <= self.after:
