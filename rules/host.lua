@@ -26,6 +26,14 @@ local host = {}
 local rules, sources = {}, {}
 local current = nil -- study snapshot (rules/study.lua)
 
+-- Forget the current study; a big one is collected at once, so the state
+-- never holds two big studies (memory cap, RSS).
+local function drop_study()
+    local big = current and current.instances_total > 2000
+    current = nil
+    if big then collectgarbage() end
+end
+
 local function fail(msg) error(msg, 0) end
 
 -- A body that is not JSON at all was garbled on the way (Orthanc only
@@ -180,7 +188,6 @@ host.decode_parent_study = answers(function(body)
 end)
 
 local function use_study(st, series, instances)
-    current = nil
     local snap = M.study.build(st, series, instances)
     if #snap.real.id > 127 or snap.real.id:find("\0", 1, true) or snap.real.id == "" then
         fail("study: ID is not a valid id")
@@ -193,14 +200,14 @@ local function use_study(st, series, instances)
 end
 
 host.set_study = answers(function(study_body, series_body, instances_body)
-    current = nil
+    drop_study()
     return use_study(decode(study_body, "/studies/{id}"),
         decode(series_body, "/studies/{id}/series"),
         decode(instances_body, "/studies/{id}/instances"))
 end)
 
 function host.set_study_fixture(body)
-    current = nil
+    drop_study()
     local d = decode(body, "fixture", true)
     if type(d) ~= "table" then fail("fixture: expected an object, got " .. typename(d)) end
     local series, instances = d.series, d.instances

@@ -13,6 +13,7 @@
 --   snap.view        the same study as rules see it: a read-only proxy
 --                    (index, #, ipairs, pairs work; writes raise)
 --   snap.series_by_id[id] = real series;   snap.wrap(real) = its proxy
+--   snap.series_ids (in order);   snap.instances_total
 -- Tag values are kept only when they are strings (numbers are turned into
 -- strings); null, lists and objects are dropped, so absent tags read as nil.
 -- Instances whose series is not in the series answer are ignored (they
@@ -137,6 +138,7 @@ function study.build(st, series_list, instance_list)
     local ids = {}
     for i, rs in ipairs(real.series) do ids[i] = rs.id end
     return {
+        instances_total = #instance_list,
         real = real,
         view = wrap(real),
         wrap = wrap,
