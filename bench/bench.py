@@ -668,7 +668,7 @@ class Bench:
         with open(os.path.join(rules, RULE_NAME + ".json"), "w") as f:
             json.dump(rule, f, indent=1)
 
-    def autorthanc_once(self, ds, fsync, conns, tag, url=None, decoys=0):
+    def autorthanc_once(self, ds, fsync, conns, tag, url=None, decoys=0, binary=None):
         d = os.path.join(self.work, "runs", tag)
         drop_dir(d)
         rules, storage, state = (os.path.join(d, x) for x in ("rules", "storage", "state"))
@@ -677,7 +677,7 @@ class Bench:
         self.write_rule(rules, ds, decoys)
         env = self.ar_env(url or ds.orthanc.url, rules, storage, state, fsync, conns)
         os.sync()
-        rc, wall, rss, cpu, t_start = run_measured([self.o.binary, "run", "--once"], env,
+        rc, wall, rss, cpu, t_start = run_measured([binary or self.o.binary, "run", "--once"], env,
                                           os.path.join(d, "stdout"), os.path.join(d, "stderr"),
                                           d, self.pids)
         with open(os.path.join(d, "stderr"), encoding="utf-8", errors="replace") as f:
@@ -805,11 +805,21 @@ class Bench:
     # -- one case -------------------------------------------------------------
     def run_case(self, ds, fsync, conns, runs):
         label = f"{ds.name} N={conns} fsync={'on' if fsync else 'off'}"
-        ar, ref, core = [], [], []
+        ar, ref, core, arb = [], [], [], []
         for i in range(runs):
             # alternate who goes first so a slow phase of the machine is shared
-            order = ("ar", "ref", "core") if i % 2 == 0 else ("core", "ref", "ar")
+            order = ("ar", "ref", "core", "b") if i % 2 == 0 else ("b", "core", "ref", "ar")
             for who in order:
+                if who == "b":
+                    if self.o.binary_b:
+                        r = self.autorthanc_once(ds, fsync, conns, f"{ds.name}-b",
+                                                 binary=self.o.binary_b)
+                        if r["problem"]:
+                            self.failures.append(f"{label} binary B run {i + 1}: "
+                                                 f"{r['problem']} (kept in {r['dir']})")
+                        else:
+                            arb.append(r)
+                    continue
                 if who == "core":
                     if self.o.probe:
                         r = self.probe_once(ds, fsync, conns, f"{ds.name}-core")
@@ -836,9 +846,11 @@ class Bench:
         log(f"  {label}: " + ", ".join(
             f"ar {a['wall']:.3f}s/{a['export'] if a['export'] is not None else float('nan'):.3f}s"
             for a in ar) + " | curl " + ", ".join(f"{c['wall']:.3f}s" for c in ref)
-            + (" | core " + ", ".join(f"{c['wall']:.3f}s" for c in core) if core else ""))
+            + (" | core " + ", ".join(f"{c['wall']:.3f}s" for c in core) if core else "")
+            + (" | B " + ", ".join(f"{a['wall']:.3f}s/{a['export'] or float('nan'):.3f}s"
+                                   for a in arb) if arb else ""))
         return {"label": label, "ds": ds, "fsync": fsync, "conns": conns, "ar": ar, "ref": ref,
-                "core": core}
+                "core": core, "arb": arb}
 
 
 def rules_cost(bench, ds, decoys, conns, runs):
@@ -912,6 +924,29 @@ def summarize(case, reqs):
         fmt(rss / 1024 if rss else None, ".1f"),
         f"{req['meta']}+{req['files']}f" if req else "-",
     ]
+
+
+HEADERS_B = ["case", "N", "fsync", "ar export s", "B export s", "ar run s", "B run s",
+             "curl s", "ratio", "B ratio", "ratio run", "B ratio run", "ar RSS MiB",
+             "B RSS MiB"]
+
+
+def summarize_b(case):
+    """A against B (--binary-b), same alternated runs."""
+    def m(runs, key):
+        return med([r[key] for r in runs])
+    ref = med([c["wall"] for c in case["ref"]])
+    a_exp, b_exp = m(case["ar"], "export"), m(case["arb"], "export")
+    a_run, b_run = m(case["ar"], "wall"), m(case["arb"], "wall")
+    a_rss, b_rss = m(case["ar"], "rss_kib"), m(case["arb"], "rss_kib")
+
+    def ratio(x):
+        return fmt(x / ref if x is not None and ref else None, ".2f")
+    return [case["label"].split(" ")[0], case["conns"], "on" if case["fsync"] else "off",
+            fmt(a_exp, ".3f"), fmt(b_exp, ".3f"), fmt(a_run, ".3f"), fmt(b_run, ".3f"),
+            fmt(ref, ".3f"), ratio(a_exp), ratio(b_exp), ratio(a_run), ratio(b_run),
+            fmt(a_rss / 1024 if a_rss else None, ".1f"),
+            fmt(b_rss / 1024 if b_rss else None, ".1f")]
 
 
 HEADERS = ["case", "N", "fsync", "instances", "bytes", "ar export s", "ar run s",
@@ -999,6 +1034,9 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep every export folder")
     ap.add_argument("--probe", default="",
                     help="bench/export_probe binary: also time core/export alone")
+    ap.add_argument("--binary-b", default="",
+                    help="a second autorthanc binary (a candidate change) run in the same "
+                         "alternated runs; an A/B table is printed")
     ap.add_argument("--reference-only", action="store_true",
                     help="only the curl side (no autorthanc binary needed)")
     o = ap.parse_args()
@@ -1105,6 +1143,11 @@ def main():
         print()
         print_table(HEADERS, [summarize(c, reqs) for c in cases + mem_cases])
         print()
+        if o.binary_b:
+            print()
+            print(f"A = {o.binary}, B = {o.binary_b} (same alternated runs):")
+            print_table(HEADERS_B, [summarize_b(c) for c in cases + mem_cases])
+            print()
         print("ratio = ar export s / curl s (the target is <= 1.15); ratio run = whole "
               "`run --once` / curl s;")
         if o.probe:

@@ -6,7 +6,7 @@
 #                [--idle-seconds S] [--poll-interval S] [--no-memory]
 #                [--cases ct300,small2000] [--binary PATH] [--no-build]
 #                [--reference-only] [--parallel-immediate] [--keep]
-#                [--probe PATH]
+#                [--probe PATH] [--binary-b PATH]
 #
 # --quick: tiny studies, one run, a few seconds; exits 0 when everything
 # worked.  Times are printed, never asserted.  Orthanc runs on loopback ports
