@@ -6,7 +6,9 @@
  * each later instruction raises again, so a rule that catches the error with
  * its own pcall/xpcall is stopped at its next instruction, until the call
  * returns to C (ar_budget_disarm).  C functions (string.rep, patterns) run to
- * their end: memory is bounded by the allocator, not here.
+ * their end: memory is bounded by the allocator, not here.  An interrupt
+ * flag (ar_engine_set_interrupt, SIGINT in the REPL) stops the call the same
+ * way.
  */
 #include <stdio.h>
 #include <string.h>
@@ -54,7 +56,9 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
 
     if (b->tripped == AR_BUDGET_OK) {
         b->used += AR_HOOK_STEP;
-        if (b->used >= b->limit)
+        if (b->interrupt && *b->interrupt)
+            b->tripped = AR_BUDGET_INTR;
+        else if (b->used >= b->limit)
             b->tripped = AR_BUDGET_INSNS;
         else if (past(&b->deadline))
             b->tripped = AR_BUDGET_TIME;
@@ -64,7 +68,9 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
         /* From now on: every instruction, until the call returns to C. */
         lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
     }
-    lua_pushstring(L, b->tripped == AR_BUDGET_INSNS ? "exceeded instruction budget" : "timeout");
+    lua_pushstring(L, b->tripped == AR_BUDGET_INSNS  ? "exceeded instruction budget"
+                      : b->tripped == AR_BUDGET_INTR ? "interrupted"
+                                                     : "timeout");
     lua_error(L);
 }
 
@@ -99,6 +105,8 @@ void ar_budget_message(const ar_budget *b, int tripped, char *out, size_t outlen
     if (tripped == AR_BUDGET_INSNS)
         snprintf(out, outlen, "exceeded instruction budget (%lld instructions)%s%s",
                  b->limit, at, b->where);
+    else if (tripped == AR_BUDGET_INTR)
+        snprintf(out, outlen, "interrupted%s%s", at, b->where);
     else
         snprintf(out, outlen, "timeout (%ld ms)%s%s", b->timeout_ms, at, b->where);
 }

@@ -18,6 +18,7 @@
 #ifndef AR_ENGINE_H
 #define AR_ENGINE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -145,5 +146,23 @@ void ar_plan_free(ar_plan *p);
 /* Call the rule's on_exported(study, path) hook if it has one. */
 int ar_engine_on_exported(ar_engine *e, size_t rule, const char *series_id,
                           const char *path, char *err, size_t errlen);
+
+/* ---- tools: test, backtest, fire, REPL ------------------------------------- */
+
+/* Evaluate one loaded, usable rule against the current study whether it is
+ * active or not (a dry run of a rule not yet switched on): series_id is the
+ * series a series rule decides, NULL for a study rule.  Fills *out like
+ * ar_engine_evaluate; a rule error is a verdict with error=1, not a failure. */
+int ar_engine_evaluate_one(ar_engine *e, size_t rule, const char *series_id, ar_verdict *out,
+                           char *err, size_t errlen);
+
+/* The current study's series ids, in study.series order. */
+size_t ar_engine_series_count(const ar_engine *e);
+const char *ar_engine_series_id(const ar_engine *e, size_t i);
+
+/* A flag a signal handler sets (SIGINT in the REPL): the budget's count hook
+ * checks it, so the running call stops like one over budget ("interrupted")
+ * even inside a rule's pcall.  The caller clears it.  NULL: none. */
+void ar_engine_set_interrupt(ar_engine *e, volatile sig_atomic_t *flag);
 
 #endif

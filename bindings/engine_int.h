@@ -15,6 +15,7 @@
 #define AR_ENGINE_INT_H
 
 #include <lua.h>
+#include <signal.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -37,7 +38,7 @@ void *ar_lalloc_fn(void *ud, void *ptr, size_t osize, size_t nsize);
 
 /* ---- budget.c: count hook + deadline ------------------------------------ */
 
-enum { AR_BUDGET_OK = 0, AR_BUDGET_INSNS = 1, AR_BUDGET_TIME = 2 };
+enum { AR_BUDGET_OK = 0, AR_BUDGET_INSNS = 1, AR_BUDGET_TIME = 2, AR_BUDGET_INTR = 3 };
 
 typedef struct ar_budget {
     long long limit;          /* instructions per call */
@@ -46,6 +47,7 @@ typedef struct ar_budget {
     struct timespec deadline;
     int tripped;              /* AR_BUDGET_* */
     char where[128];          /* "rules/x.lua:3" where it tripped */
+    volatile sig_atomic_t *interrupt; /* set by a signal handler: stop now (NULL: none) */
 } ar_budget;
 
 void ar_budget_arm(lua_State *L, ar_budget *b);

@@ -215,3 +215,44 @@ int ar_engine_on_exported(ar_engine *e, size_t rule, const char *series_id,
         return ar_seterr(err, errlen, AR_ERULE, "rule %s: on_exported: %s", e->rules[rule].name, msg);
     return AR_OK;
 }
+
+int ar_engine_evaluate_one(ar_engine *e, size_t rule, const char *series_id, ar_verdict *out,
+                           char *err, size_t errlen)
+{
+    size_t s;
+
+    if (rule >= e->nrules || !e->rules[rule].ok)
+        return ar_seterr(err, errlen, AR_ERR, "no usable rule #%zu", rule);
+    if (!e->study_id[0])
+        return ar_seterr(err, errlen, AR_ERR, "no current study");
+    if (strcmp(e->rules[rule].check_on, "series") == 0) {
+        if (!series_id)
+            return ar_seterr(err, errlen, AR_ERR, "rule %s decides series: name one",
+                             e->rules[rule].name);
+        for (s = 0; s < e->nseries; s++)
+            if (strcmp(e->series_ids[s], series_id) == 0)
+                break;
+        if (s == e->nseries)
+            return ar_seterr(err, errlen, AR_ENOTFOUND, "series %s is not part of study %s",
+                             series_id, e->study_id);
+    } else {
+        series_id = NULL;
+    }
+    eval_one(e, rule, series_id, out);
+    return AR_OK;
+}
+
+size_t ar_engine_series_count(const ar_engine *e)
+{
+    return e->nseries;
+}
+
+const char *ar_engine_series_id(const ar_engine *e, size_t i)
+{
+    return i < e->nseries ? e->series_ids[i] : NULL;
+}
+
+void ar_engine_set_interrupt(ar_engine *e, volatile sig_atomic_t *flag)
+{
+    e->budget.interrupt = flag;
+}

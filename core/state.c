@@ -778,3 +778,50 @@ out:
         rollback(st);
     return rc;
 }
+
+int ar_state_peek_folder(ar_state *st, const char *rel, const char *owner,
+                         const char *owner_suffix_src, char *out, size_t outlen, int *taken,
+                         char *holder, size_t holderlen, char *err, size_t errlen)
+{
+    int rc;
+    long k;
+    char tag[9], cand[4200];
+
+    *taken = 0;
+    if (holder && holderlen)
+        holder[0] = '\0';
+    if (!rel || !*rel || !owner || !*owner)
+        return ar_seterr(err, errlen, AR_ERR, "state database %s: peek folder: empty folder or owner",
+                         st->path);
+    owner_tag(owner_suffix_src, owner, tag);
+    for (k = 0; k < CLAIM_MAX_TRIES; k++) {
+        int owned = 0;
+        if (candidate(rel, tag, k, cand, sizeof cand) != 0)
+            return ar_seterr(err, errlen, AR_EIO, "state database %s: folder name too long: %.200s",
+                             st->path, rel);
+        if ((rc = folder_owner(st, cand, owner, &owned, err, errlen)))
+            return rc;
+        if (owned == 2 && k == 0) {
+            *taken = 1;
+            if (holder && holderlen) {
+                sqlite3_stmt *s = NULL;
+                if (sqlite3_prepare_v2(st->db, "SELECT owner FROM folders WHERE rel = ?1", -1, &s,
+                                       NULL) == SQLITE_OK) {
+                    bind_str(s, 1, rel);
+                    if (sqlite3_step(s) == SQLITE_ROW && sqlite3_column_text(s, 0))
+                        snprintf(holder, holderlen, "%s", (const char *)sqlite3_column_text(s, 0));
+                }
+                sqlite3_finalize(s);
+            }
+        }
+        if (owned == 2)
+            continue;
+        if (strlen(cand) >= outlen)
+            return ar_seterr(err, errlen, AR_ERR, "state database %s: folder name %.200s does not fit",
+                             st->path, cand);
+        memcpy(out, cand, strlen(cand) + 1);
+        return AR_OK;
+    }
+    return ar_seterr(err, errlen, AR_EIO, "state database %s: no free folder name for %.200s",
+                     st->path, rel);
+}

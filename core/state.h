@@ -100,6 +100,13 @@ int ar_state_claim_folder(ar_state *st, const char *rel, const char *owner,
                           const char *owner_suffix_src, char *out, size_t outlen,
                           char *err, size_t errlen);
 
+/* What ar_state_claim_folder would answer now, claiming nothing (dry runs):
+ * the folder `owner` would get in out, and *taken = 1 when `rel` itself
+ * belongs to another owner (whose key goes to holder, if not NULL). */
+int ar_state_peek_folder(ar_state *st, const char *rel, const char *owner,
+                         const char *owner_suffix_src, char *out, size_t outlen, int *taken,
+                         char *holder, size_t holderlen, char *err, size_t errlen);
+
 /* Generic key/value (status info etc.). */
 int ar_state_get_kv(ar_state *st, const char *key, char *val, size_t vallen, int *has,
                     char *err, size_t errlen);
