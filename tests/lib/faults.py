@@ -6,13 +6,17 @@ Stands on harness.py (imported as h; nothing there is changed) and adds:
     the requests matching a Fault, answers an error status, a body of its
     choice (malformed JSON), a truncated body (full Content-Length, fewer
     bytes, then the connection closed), a short body with a consistent but
-    wrong Content-Length, closes the connection without answering, or runs a
-    hook (e.g. delete the study in Orthanc) before forwarding;
-  - restart_orthanc(): stop an Orthanc and start it again on the same ports
-    with the same configuration, storage and index (harness.Orthanc.start()
-    picks new ports, which a running daemon would never find);
-  - run_ar() / start_ar(): autorthanc with harness's clean environment plus a
-    command prefix (nsenter, ...) and a preexec function (rlimits);
+    wrong Content-Length, a body with one byte flipped, a body paced to a
+    slow rate, closes the connection without answering, or runs a hook
+    (e.g. delete the study in Orthanc) before forwarding;
+  - stop_orthanc() / kill_orthanc() / start_orthanc_again() /
+    restart_orthanc(): stop (SIGTERM) or crash (SIGKILL) an Orthanc and start
+    it again on the same ports with the same configuration, storage and index
+    (harness.Orthanc.start() picks new ports, which a running daemon would
+    never find);
+  - run_ar() / PrefixedDaemon: autorthanc (once, or in the background) with
+    harness's clean environment plus a command prefix (nsenter, ...) and a
+    preexec function (rlimits);
   - fsize_limit(): a preexec function setting RLIMIT_FSIZE with SIGXFSZ
     ignored, so an oversized write fails with EFBIG instead of killing;
   - MountNamespace (tmpfs_namespace(), readonly_namespace()): a small tmpfs
@@ -20,8 +24,9 @@ Stands on harness.py (imported as h; nothing there is changed) and adds:
     process, commands run inside it with nsenter (run_ar(prefix=...),
     PrefixedDaemon), its files read from outside through /proc/<pid>/root;
     MountNamespace.unavailable() says when mounting is not allowed here;
-  - JSON log parsing (events()), `autorthanc jobs` parsing (jobs()), and
-    tree checks that do not depend on the daemon (check_folder()).
+  - JSON log parsing (events(), message()), `autorthanc jobs` parsing
+    (jobs()), and tree checks that do not depend on the daemon
+    (working_left(), RefFiles + folder_problem()).
 
 Nothing here sleeps to synchronise: waits poll a condition under a deadline
 (harness.wait_for).
