@@ -106,6 +106,44 @@ long ar_app_find_rule(ar_app *a, const char *name)
     return -1;
 }
 
+int ar_app_reload_config(ar_app *a)
+{
+    char err[1024] = "";
+    ar_config next;
+    if (ar_config_load(&next, a->cfg.config_file[0] ? a->cfg.config_file : NULL, err,
+                       sizeof err)) {
+        ar_log(AR_LOG_ERROR, "reload.config", NULL,
+               "configuration not reloaded, keeping the running one: %s", err);
+        return AR_EXIT_USAGE;
+    }
+    if (strcmp(next.state_dir, a->cfg.state_dir) != 0) {
+        ar_log(AR_LOG_WARN, "reload.config", NULL,
+               "state_dir changed to %s: that takes a restart; still using %s", next.state_dir,
+               a->cfg.state_dir);
+        snprintf(next.state_dir, sizeof next.state_dir, "%s", a->cfg.state_dir);
+    }
+    int http_changed = strcmp(next.orthanc_url, a->cfg.orthanc_url) != 0 ||
+                       strcmp(next.orthanc_username, a->cfg.orthanc_username) != 0 ||
+                       strcmp(next.orthanc_password, a->cfg.orthanc_password) != 0 ||
+                       next.http_timeout != a->cfg.http_timeout;
+    ar_http *old = a->http;
+    ar_config prev = a->cfg;
+    a->cfg = next;
+    if (http_changed) {
+        a->http = NULL;
+        if (ar_app_open_http(a) != AR_EXIT_OK) {
+            a->cfg = prev;
+            a->http = old;
+            return AR_EXIT_USAGE;
+        }
+        ar_http_free(old);
+    }
+    ar_log_setup(a->cfg.log_level, a->cfg.log_json);
+    ar_log(AR_LOG_INFO, "reload.config", NULL, "configuration reloaded%s",
+           http_changed ? " (new Orthanc connection settings)" : "");
+    return AR_EXIT_OK;
+}
+
 void ar_app_close(ar_app *a)
 {
     if (a->engine)

@@ -37,6 +37,9 @@ int ar_app_open_engine(ar_app *a);
 int ar_app_load_rules(ar_app *a);
 /* Reload when the rules folder changed since the last load (or forced). */
 void ar_app_maybe_reload_rules(ar_app *a, int force);
+/* SIGHUP: re-read the configuration (same file, current environment); on an
+ * error keep the running one.  state_dir changes need a restart. */
+int ar_app_reload_config(ar_app *a);
 void ar_app_close(ar_app *a);
 
 /* Index of the loaded, usable rule with this name, or -1. */
@@ -51,5 +54,10 @@ int ar_cmd_check(int argc, char **argv);
 int ar_cmd_jobs(int argc, char **argv);
 int ar_cmd_retry(int argc, char **argv);
 int ar_cmd_status(int argc, char **argv);
+int ar_cmd_test(int argc, char **argv);
+int ar_cmd_snapshot(int argc, char **argv);
+int ar_cmd_backtest(int argc, char **argv);
+int ar_cmd_fire(int argc, char **argv);
+int ar_cmd_repl(int argc, char **argv);
 
 #endif

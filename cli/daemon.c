@@ -537,6 +537,9 @@ static int run_jobs(ar_app *a, int once, ar_run_stats *st)
                        j->action, j->resource_id, attempts, err);
             if (ar_state_job_failed(a->state, j->id, err, retry_at, serr, sizeof serr))
                 ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+            if (rc == AR_ENET && !once)
+                break; /* Orthanc is likely down: the other jobs wait for the next
+                        * cycle instead of each spending an attempt now */
         }
     }
     free(jobs);
@@ -574,7 +577,8 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
     for (;;) {
         if (a->reload && *a->reload) {
             *a->reload = 0;
-            ar_log(AR_LOG_INFO, "reload", NULL, "SIGHUP: reloading rules");
+            ar_log(AR_LOG_INFO, "reload", NULL, "SIGHUP: reloading configuration and rules");
+            ar_app_reload_config(a);
             ar_app_maybe_reload_rules(a, 1);
         } else {
             ar_app_maybe_reload_rules(a, 0);

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <time.h>
 
 #include "../bindings/jsonq.h"
@@ -51,6 +52,23 @@ static int fit_folder(const char *folder, char *out, size_t outlen, char *err, s
     return AR_OK;
 }
 
+/* Refuse to start an export the storage folder has no room for (when the
+ * size is known): failing before the transfer costs nothing. */
+static int check_space(const char *storage, long long need, char *err, size_t errlen)
+{
+    struct statvfs sv;
+    if (need <= 0 || statvfs(storage, &sv) != 0)
+        return AR_OK; /* unknown: the writes themselves will tell */
+    unsigned long long avail = (unsigned long long)sv.f_bavail * sv.f_frsize;
+    /* files plus room for folder entries: one block per 64 files is ample */
+    unsigned long long want = (unsigned long long)need + need / 64 + 65536;
+    if (avail < want)
+        return ar_seterr(err, errlen, AR_EIO,
+                         "%s: %s: the export needs %llu bytes, %llu available", storage,
+                         strerror(ENOSPC), want, avail);
+    return AR_OK;
+}
+
 static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_t errlen)
 {
     int rc = AR_ERR;
@@ -69,7 +87,10 @@ static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_
     if ((rc = ar_state_claim_folder(a->state, want, owner, job->resource_id, folder,
                                     sizeof folder, err, errlen)))
         goto out;
+    if ((rc = check_space(a->cfg.storage_dir, plan.total_bytes, err, errlen)))
+        goto out;
     ar_export_opts eo = {
+        .verify_md5 = a->cfg.verify_md5,
         .max_connections = a->cfg.max_connections,
         .fsync = a->cfg.fsync,
         .uid = a->cfg.output_uid,

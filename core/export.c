@@ -11,6 +11,7 @@
  * holds the name), so readers see either the old tree or the new one.
  */
 #include "export.h"
+#include "md5check.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -754,6 +755,8 @@ int ar_export_download(ar_http *h, const char *storage_root, const char *final_r
         res->requests = tres.requests;
     }
     if (rc)
+        goto out;
+    if (o->verify_md5 && (rc = ar_md5_verify(h, work_fd, work_path, files, n, err, errlen)))
         goto out;
 
     int do_chown = o->uid >= 0 || o->gid >= 0;

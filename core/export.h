@@ -31,6 +31,7 @@ typedef struct ar_export_opts {
     int max_connections;
     int fsync;
     long uid, gid;            /* -1 = leave */
+    int verify_md5;           /* compare each file with Orthanc's MD5 before renaming */
     volatile sig_atomic_t *stop;
     void (*progress)(void *ud, size_t files_done, size_t files_total, long long bytes_done);
     void *progress_ud;
