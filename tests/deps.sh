@@ -14,6 +14,8 @@ packages=(
   orthanc dcmtk
   python3 python3-yaml
   curl ca-certificates
+  # fuzzing (tests/fuzz/run.sh) and the benchmark's peak-RSS measure
+  clang libclang-rt-14-dev time
   # the deployment stack run natively (tests/integration/test_stack.py)
   postgresql orthanc-postgresql nginx
 )

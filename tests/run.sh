@@ -8,7 +8,8 @@
 # Exits non-zero if any build or test fails; the last line sums up all tests.
 # Environment: AR_BUILD_DIR, AR_ASAN_BUILD_DIR (build folders), AR_JOBS (2),
 # AR_SKIP_ASAN=1 to skip step 3, AR_ASAN_INTEGRATION=1 to run the integration
-# tests against the sanitized binary too (about 90 s more).
+# tests against the sanitized binary too (about 90 s more), AR_SKIP_FUZZ=1 and
+# AR_SKIP_BENCH=1 to skip the bounded fuzzing and the benchmark smoke run.
 set -uo pipefail
 
 src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,7 +47,21 @@ if [[ "${AR_SKIP_ASAN:-0}" != 1 ]]; then
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
-# One closing line for both runs: "N passed, N failed".
+# Bounded fuzzing of the rule compiler and of name sanitising (libFuzzer).
+if [[ "${AR_SKIP_FUZZ:-0}" != 1 ]]; then
+  step "fuzz (tests/fuzz/run.sh)"
+  bash "$src/tests/fuzz/run.sh" 2>&1 | tee "$logdir/fuzz.out"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+fi
+
+# The benchmark's smoke mode keeps bench/run.sh working (numbers are printed, never asserted).
+if [[ "${AR_SKIP_BENCH:-0}" != 1 && -f "$src/bench/run.sh" ]]; then
+  step "benchmark smoke run (bench/run.sh --quick)"
+  bash "$src/bench/run.sh" --quick 2>&1 | tee "$logdir/bench.out"
+  [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
+fi
+
+# One closing line for all runs: "N passed, N failed".
 passed=0 failed=0
 for f in "$logdir"/*.log; do
   line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$f" | tail -1 || true)
@@ -57,6 +72,9 @@ for f in "$logdir"/*.log; do
     status=1
   fi
 done
+if [[ -f "$logdir/fuzz.out" && $(tail -1 "$logdir/fuzz.out") =~ ^([0-9]+)\ passed,\ ([0-9]+)\ failed$ ]]; then
+  passed=$((passed + BASH_REMATCH[1])) failed=$((failed + BASH_REMATCH[2]))
+fi
 echo
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]] || status=1
