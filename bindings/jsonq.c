@@ -59,6 +59,7 @@ static int run_chunk(const char *chunk, const char *a, size_t alen, const char *
     luaL_requiref(L, "_G", luaopen_base, 1);
     luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
     luaL_requiref(L, LUA_MATHLIBNAME, luaopen_math, 1);
+    luaL_requiref(L, LUA_TABLIBNAME, luaopen_table, 1);
     lua_settop(L, 0);
     if (luaL_loadbufferx(L, chunk, strlen(chunk), "=jsonq", "t") != LUA_OK) {
         rc = ar_seterr(err, errlen, AR_ERR, "internal: %s", lua_tostring(L, -1));

@@ -96,6 +96,8 @@ static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_
         .uid = a->cfg.output_uid,
         .gid = a->cfg.output_gid,
         .stop = a->stop,
+        .progress = a->progress,
+        .progress_ud = a->progress_ud,
     };
     ar_export_result res = {0};
     if ((rc = ar_export_download(a->http, a->cfg.storage_dir, folder, plan.files, plan.n, &eo,

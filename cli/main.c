@@ -17,6 +17,17 @@ static const char usage[] =
     "  retry [--config FILE] (JOB|--all) requeue failed jobs\n"
     "  status [--config FILE] [--json]  Orthanc reachability, position, rules, jobs\n"
     "\n"
+    "trying rules before they go live:\n"
+    "  repl [--config FILE] [--fixture FILE]\n"
+    "                                   interactive Lua prompt in the rule sandbox\n"
+    "  test RULE (STUDY | --fixture FILE)... [--expect-no-match]\n"
+    "                                   dry run: verdict, reason and target folder\n"
+    "  test --cases DIR [FILTER]        run a folder of rule cases\n"
+    "  snapshot STUDY [--instances]     print a study as a fixture (JSON)\n"
+    "  backtest [RULE...] [--since DATE] [--list]\n"
+    "                                   what the rules would take from the archive\n"
+    "  fire STUDY [--rule NAME]         run the matching rules' actions on a study now\n"
+    "\n"
     "Configuration: --config FILE or $AUTORTHANC_CONFIG (YAML), overridden by\n"
     "AUTORTHANC_* environment variables. See README.md.\n"
     "`autorthanc COMMAND --help` describes one command.\n";
@@ -41,7 +52,9 @@ int main(int argc, char **argv)
         int (*fn)(int, char **);
     } cmds[] = {
         {"run", ar_cmd_run},       {"check", ar_cmd_check},   {"jobs", ar_cmd_jobs},
-        {"retry", ar_cmd_retry},   {"status", ar_cmd_status},
+        {"retry", ar_cmd_retry},   {"status", ar_cmd_status}, {"test", ar_cmd_test},
+        {"snapshot", ar_cmd_snapshot}, {"backtest", ar_cmd_backtest}, {"fire", ar_cmd_fire},
+        {"repl", ar_cmd_repl},
     };
     for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++)
         if (strcmp(cmd, cmds[i].name) == 0)

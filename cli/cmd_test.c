@@ -1,0 +1,309 @@
+/* cmd_test.c - `autorthanc test`: a dry run of one rule on studies or
+ * fixtures (verdict, reason, target folder), or a folder of rule cases.
+ * Exit 0 when every verdict is a match (with --expect-no-match: none is),
+ * 1 otherwise, 2 for usage, configuration or input errors. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../bindings/cases.h"
+#include "../bindings/jsonq.h"
+#include "../core/err.h"
+#include "app.h"
+#include "toolkit.h"
+
+static const char test_usage[] =
+    "usage: autorthanc test [--config FILE] RULE (STUDY | --fixture FILE)... [--expect-no-match]\n"
+    "       autorthanc test --cases DIR [FILTER]\n"
+    "\n"
+    "Dry run: decide RULE (a rule of the rules folder, or a rule file) on each study\n"
+    "(an Orthanc id or a StudyInstanceUID) or fixture (made by `autorthanc snapshot`)\n"
+    "and print the verdict, the reason and the folder it would export to (noting a\n"
+    "folder already owned by another study).  Nothing is exported or recorded.\n"
+    "Exit 0 when every verdict is a match (--expect-no-match: when none is), 1\n"
+    "otherwise, 2 for usage or input errors.\n"
+    "  --cases DIR   run a folder of rule cases (the format of tests/cases) instead;\n"
+    "                FILTER keeps the cases whose name contains it.\n";
+
+typedef struct item {
+    int fixture;
+    const char *ref;
+} item;
+
+static void case_report(void *ud, const char *name, int ok, const char *msg)
+{
+    (void)ud;
+    if (ok)
+        printf("ok - %s\n", name);
+    else
+        printf("not ok - %s: %s\n", name, msg);
+}
+
+static int run_cases(const char *dir, const char *filter)
+{
+    char err[2048] = "";
+    int passed = 0, failed = 0;
+    if (ar_cases_run_dir(dir, filter, case_report, NULL, &passed, &failed, err, sizeof err)) {
+        fprintf(stderr, "autorthanc test: %s\n", err);
+        return AR_EXIT_USAGE;
+    }
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed ? AR_EXIT_FAIL : AR_EXIT_OK;
+}
+
+/* "<prefix><field>" of a JSON body as text, "" when absent. */
+static void field(const char *body, size_t len, const char *prefix, const char *path, char *out,
+                  size_t outlen)
+{
+    char full[256];
+    snprintf(full, sizeof full, "%s%s", prefix, path);
+    if (ar_jsonq_get(body, len, full, out, outlen, NULL, 0))
+        out[0] = '\0';
+}
+
+static void study_label(const char *body, size_t len, const char *prefix, char *out, size_t outlen)
+{
+    char pid[128], name[128], date[32], desc[256];
+    field(body, len, prefix, "PatientMainDicomTags.PatientID", pid, sizeof pid);
+    field(body, len, prefix, "PatientMainDicomTags.PatientName", name, sizeof name);
+    field(body, len, prefix, "MainDicomTags.StudyDate", date, sizeof date);
+    field(body, len, prefix, "MainDicomTags.StudyDescription", desc, sizeof desc);
+    snprintf(out, outlen, "%s %s %s \"%s\"", pid[0] ? pid : "-", name[0] ? name : "-",
+             date[0] ? date : "-", desc);
+}
+
+/* "3 MR \"DWI\"" for a series id, from the series answer (a list). */
+static void series_label(const char *body, size_t len, const char *prefix, const char *id,
+                         char *out, size_t outlen)
+{
+    char **ids = NULL;
+    size_t n = 0;
+    char path[64];
+    snprintf(out, outlen, "?");
+    snprintf(path, sizeof path, "%.*s", prefix[0] ? (int)strlen(prefix) - 1 : 0, prefix);
+    if (ar_jsonq_list(body, len, path, &ids, &n, NULL, 0))
+        return;
+    for (size_t i = 0; i < n; i++) {
+        if (strcmp(ids[i], id) != 0)
+            continue;
+        char p2[96], num[32], mod[32], desc[256];
+        snprintf(p2, sizeof p2, "%s%zu.", prefix, i + 1);
+        field(body, len, p2, "MainDicomTags.SeriesNumber", num, sizeof num);
+        field(body, len, p2, "MainDicomTags.Modality", mod, sizeof mod);
+        field(body, len, p2, "MainDicomTags.SeriesDescription", desc, sizeof desc);
+        snprintf(out, outlen, "%s %s \"%s\"", num[0] ? num : "-", mod[0] ? mod : "-", desc);
+        break;
+    }
+    free(ids);
+}
+
+static void print_target(ar_app *a, size_t rule, const char *series, const char *indent,
+                         int matched)
+{
+    ar_target t;
+    char err[1024] = "", hb[32];
+    if (ar_tool_target(a, rule, series, &t, err, sizeof err)) {
+        printf("%spath: (cannot plan: %s)\n", indent, err);
+        return;
+    }
+    if (strncmp(t.folder, "modality ", 9) == 0) {
+        printf("%s%s: %s\n", indent, matched ? "forward to" : "would forward to", t.folder);
+        return;
+    }
+    printf("%s%s: %s (%zu files, %s)\n", indent, matched ? "path" : "path if it matched",
+           t.folder, t.files, ar_tool_human_bytes(t.bytes, hb, sizeof hb));
+    if (t.collision)
+        printf("%scollision: %s is already owned by %s in the state database; this study "
+               "would get %s\n",
+               indent, t.folder, t.holder[0] ? t.holder : "another study", t.actual);
+    else if (strcmp(t.actual, t.folder) != 0)
+        printf("%s(already exported by this study as %s)\n", indent, t.actual);
+}
+
+/* One study: returns 1 matched, 0 not matched, -1 error. */
+static int decide(ar_app *a, size_t rule, const char *label, const char *series_body,
+                  size_t series_len, const char *series_prefix)
+{
+    const ar_rule_info *r = ar_engine_rule(a->engine, rule);
+    char err[1024] = "";
+    ar_verdict v;
+
+    if (strcmp(r->check_on, "series") != 0) {
+        if (ar_engine_evaluate_one(a->engine, rule, NULL, &v, err, sizeof err)) {
+            printf("%s: error: %s\n", label, err);
+            return -1;
+        }
+        if (v.error) {
+            printf("%s: error\n  %s\n", label, v.reason);
+            return -1;
+        }
+        printf("%s: %s\n", label, v.matched ? "match" : "no match");
+        if (v.reason[0])
+            printf("  reason: %s\n", v.reason);
+        print_target(a, rule, NULL, "  ", v.matched);
+        return v.matched;
+    }
+    size_t n = ar_engine_series_count(a->engine), hits = 0, errors = 0;
+    ar_verdict *vs = calloc(n ? n : 1, sizeof *vs);
+    if (!vs) {
+        printf("%s: error: out of memory\n", label);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (ar_engine_evaluate_one(a->engine, rule, ar_engine_series_id(a->engine, i), &vs[i], err,
+                                   sizeof err)) {
+            vs[i].error = 1;
+            snprintf(vs[i].reason, sizeof vs[i].reason, "%s", err);
+        }
+        hits += vs[i].matched && !vs[i].error;
+        errors += vs[i].error != 0;
+    }
+    printf("%s: %s (%zu of %zu series)\n", label, errors ? "error" : hits ? "match" : "no match",
+           hits, n);
+    for (size_t i = 0; i < n; i++) {
+        char sl[512];
+        const char *sid = ar_engine_series_id(a->engine, i);
+        series_label(series_body, series_len, series_prefix, sid, sl, sizeof sl);
+        printf("  series %s (%s): %s\n", sl, sid,
+               vs[i].error ? "error" : vs[i].matched ? "match" : "no match");
+        if (vs[i].reason[0])
+            printf("    %s: %s\n", vs[i].error ? "error" : "reason", vs[i].reason);
+        if (!vs[i].error)
+            print_target(a, rule, sid, "    ", vs[i].matched);
+    }
+    free(vs);
+    return errors ? -1 : hits > 0;
+}
+
+int ar_cmd_test(int argc, char **argv)
+{
+    const char *config = NULL, *cases = NULL, *rule_arg = NULL, *filter = NULL;
+    int expect_none = 0, need_http = 0, code = AR_EXIT_USAGE;
+    item *items = calloc((size_t)argc, sizeof *items);
+    size_t nitems = 0, *idx = NULL, nidx = 0;
+    char err[2048] = "";
+    ar_app a;
+
+    memset(&a, 0, sizeof a);
+    if (!items)
+        return AR_EXIT_FAIL;
+    for (int i = 1; i < argc; i++) {
+        const char *s = argv[i];
+        if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
+            fputs(test_usage, stdout);
+            code = AR_EXIT_OK;
+            goto out;
+        } else if ((!strcmp(s, "--config") || !strcmp(s, "-c") || !strcmp(s, "--fixture") ||
+                    !strcmp(s, "--cases")) && i + 1 >= argc) {
+            fprintf(stderr, "autorthanc test: %s needs a value\n%s", s, test_usage);
+            goto out;
+        } else if (!strcmp(s, "--config") || !strcmp(s, "-c")) {
+            config = argv[++i];
+        } else if (!strncmp(s, "--config=", 9)) {
+            config = s + 9;
+        } else if (!strcmp(s, "--cases")) {
+            cases = argv[++i];
+        } else if (!strcmp(s, "--fixture")) {
+            items[nitems].fixture = 1;
+            items[nitems++].ref = argv[++i];
+        } else if (!strncmp(s, "--fixture=", 10)) {
+            items[nitems].fixture = 1;
+            items[nitems++].ref = s + 10;
+        } else if (!strcmp(s, "--expect-no-match")) {
+            expect_none = 1;
+        } else if (s[0] == '-' && s[1]) {
+            fprintf(stderr, "autorthanc test: unknown option '%s'\n%s", s, test_usage);
+            goto out;
+        } else if (cases && !filter) {
+            filter = s;
+        } else if (!rule_arg && !cases) {
+            rule_arg = s;
+        } else {
+            items[nitems].fixture = 0;
+            items[nitems++].ref = s;
+            need_http = 1;
+        }
+    }
+    if (cases) {
+        if (rule_arg || nitems) {
+            fprintf(stderr, "autorthanc test: --cases takes no rule or study\n%s", test_usage);
+            goto out;
+        }
+        code = run_cases(cases, filter);
+        goto out;
+    }
+    if (!rule_arg || nitems == 0) {
+        fprintf(stderr, "autorthanc test: give a RULE and at least one STUDY or --fixture FILE\n%s",
+                test_usage);
+        goto out;
+    }
+    if ((code = ar_app_config(&a, config)))
+        goto out;
+    if ((code = ar_app_open_engine(&a)))
+        goto out;
+    if (need_http && (code = ar_app_open_http(&a)))
+        goto out;
+    code = AR_EXIT_USAGE;
+    if (ar_tool_load_rules(&a, &rule_arg, 1, &idx, &nidx, err, sizeof err) || nidx != 1) {
+        fprintf(stderr, "autorthanc test: %s\n", err[0] ? err : "no such rule");
+        goto out;
+    }
+    if (ar_tool_open_state_if_any(&a, err, sizeof err)) {
+        fprintf(stderr, "autorthanc test: %s\n", err);
+        goto out;
+    }
+    const ar_rule_info *r = ar_engine_rule(a.engine, idx[0]);
+    printf("rule %s (%s, %s %s%s%s)%s\n", r->name, r->file, r->check_on, r->action,
+           r->destination[0] ? " to " : "", r->destination,
+           r->active ? "" : " - inactive: the daemon does not run it");
+    int all_match = 1, none_match = 1, input_error = 0;
+    for (size_t i = 0; i < nitems; i++) {
+        char label[1024], dl[512];
+        char *fx = NULL;
+        size_t fxlen = 0;
+        ar_study_answers ans;
+        int rc, verdict;
+        memset(&ans, 0, sizeof ans);
+        if (items[i].fixture) {
+            rc = ar_tool_read_file(items[i].ref, &fx, &fxlen, err, sizeof err);
+            if (!rc)
+                rc = ar_engine_set_study_fixture(a.engine, fx, fxlen, err, sizeof err);
+        } else {
+            rc = ar_tool_fetch_study(&a, items[i].ref, &ans, err, sizeof err);
+            if (!rc)
+                rc = ar_engine_set_study(a.engine, ans.study.data, ans.study.len, ans.series.data,
+                                         ans.series.len, ans.instances.data, ans.instances.len,
+                                         err, sizeof err);
+        }
+        if (rc) {
+            printf("%s: cannot read the study: %s\n", items[i].ref, err);
+            input_error = 1;
+            free(fx);
+            ar_study_answers_free(&ans);
+            continue;
+        }
+        if (items[i].fixture)
+            study_label(fx, fxlen, "study.", dl, sizeof dl);
+        else
+            study_label(ans.study.data, ans.study.len, "", dl, sizeof dl);
+        snprintf(label, sizeof label, "%s %s (%s)", items[i].fixture ? "fixture" : "study",
+                 items[i].ref, dl);
+        if (items[i].fixture)
+            verdict = decide(&a, idx[0], label, fx, fxlen, "series.");
+        else
+            verdict = decide(&a, idx[0], label, ans.series.data, ans.series.len, "");
+        all_match &= verdict == 1;
+        none_match &= verdict == 0;
+        free(fx);
+        ar_study_answers_free(&ans);
+    }
+    if (input_error)
+        code = AR_EXIT_USAGE;
+    else
+        code = (expect_none ? none_match : all_match) ? AR_EXIT_OK : AR_EXIT_FAIL;
+out:
+    free(idx);
+    free(items);
+    ar_app_close(&a);
+    return code;
+}
