@@ -101,4 +101,12 @@ void ar_sandbox_register(lua_State *L, int t);
 /* study.c: forget the current study on the C side. */
 void ar_study_forget(ar_engine *e);
 
+/* lua_orthanc.c: push the REPL's Orthanc table {find, lookup, study} over h
+ * (never given to rules). */
+struct ar_http;
+void ar_lua_orthanc_push(lua_State *L, struct ar_http *h);
+
+/* The embedded rules/<name> source (rules/embed.cmake), or NULL. */
+const char *ar_embedded_source(const char *name, size_t *len);
+
 #endif
