@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "../core/export.h"
 #include "../core/log.h"
 #include "../core/orthanc.h"
+#include "jobs.h"
 #include "status.h"
 
 #define CHANGES_LIMIT 200
@@ -492,58 +494,196 @@ static double backoff(const ar_config *c, int attempts)
     return d > c->retry_max ? c->retry_max : d;
 }
 
+/* Ledger bookkeeping of one job's outcome.  Returns 1 when the failure
+ * suggests Orthanc is down (stop starting jobs this cycle). */
+static int record_outcome(ar_app *a, const ar_job *j, int rc, const char *err, int once,
+                          ar_run_stats *st)
+{
+    ar_log_fields f = {.study = j->study_id, .rule = j->rule, .bytes = -1, .seconds = -1};
+    char serr[1024] = "";
+    if (rc == AR_OK) {
+        st->jobs_ok++;
+    } else if (rc == AR_ESTOP) {
+        ar_log(AR_LOG_INFO, "job.abandoned", &f, "job %" PRId64 " abandoned: %s (will be redone)",
+               j->id, err);
+    } else if (rc == AR_ENOTFOUND) {
+        st->jobs_gone++;
+        ar_log(AR_LOG_WARN, "job.gone", &f, "job %" PRId64 ": %s %s is gone from Orthanc: %s",
+               j->id, j->level, j->resource_id, err);
+        if (ar_state_job_gone(a->state, j->id, err, serr, sizeof serr))
+            ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+    } else {
+        st->jobs_failed++;
+        int attempts = j->attempts + 1;
+        double retry_at = 0;
+        if (ar_err_retryable(rc) && attempts < a->cfg.retry_attempts)
+            retry_at = wall_now() + backoff(&a->cfg, attempts);
+        if (retry_at > 0)
+            ar_log(AR_LOG_ERROR, "job.failed", &f,
+                   "job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s", j->id,
+                   j->action, j->resource_id, attempts, err, retry_at - wall_now());
+        else
+            ar_log(AR_LOG_ERROR, "job.failed", &f,
+                   "job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s", j->id,
+                   j->action, j->resource_id, attempts, err);
+        if (ar_state_job_failed(a->state, j->id, err, retry_at, serr, sizeof serr))
+            ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+        return rc == AR_ENET && !once;
+    }
+    return 0;
+}
+
+/* A pool of export slots: each busy slot runs one job's transfer in its own
+ * thread with its own keep-alive client, so a huge study does not hold back
+ * small ones; preparing and finishing stay in this thread. */
+typedef struct slot {
+    ar_job_work w;
+    ar_http *http;
+    pthread_t th;
+    int busy, done;
+    struct pool *pool;
+} slot;
+
+typedef struct pool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} pool;
+
+static void *slot_main(void *arg)
+{
+    slot *s = arg;
+    ar_job_transfer(&s->w);
+    pthread_mutex_lock(&s->pool->mu);
+    s->done = 1;
+    pthread_cond_signal(&s->pool->cv);
+    pthread_mutex_unlock(&s->pool->mu);
+    return NULL;
+}
+
+/* Older pending jobs of the same rule and resource are superseded by the
+ * newest one: it exports the latest stable state, whole. */
+static void supersede(ar_app *a, ar_job *jobs, size_t n, unsigned char *skip)
+{
+    char err[1024];
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = i + 1; k < n && !skip[i]; k++)
+            if (strcmp(jobs[i].rule, jobs[k].rule) == 0 &&
+                strcmp(jobs[i].resource_id, jobs[k].resource_id) == 0) {
+                char why[64];
+                snprintf(why, sizeof why, "(superseded by job %" PRId64 ")", jobs[k].id);
+                if (ar_state_job_done(a->state, jobs[i].id, why, 0, err, sizeof err) == 0)
+                    skip[i] = 1;
+            }
+}
+
 /* Run the pending jobs that are due (all pending ones when once). */
 static int run_jobs(ar_app *a, int once, ar_run_stats *st)
 {
     char err[2048] = "";
     ar_job *jobs = NULL;
-    size_t n = 0;
+    unsigned char *skip = NULL;
+    slot *slots = NULL;
+    size_t n = 0, next = 0;
+    int nslots = a->cfg.max_parallel_exports > 0 ? a->cfg.max_parallel_exports : 1;
+    int halt = 0, rc = AR_OK;
+    pool pl;
+
     if (ar_state_due_jobs(a->state, once ? 1e300 : wall_now(), &jobs, &n, err, sizeof err)) {
         ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
         return AR_EIO;
     }
-    for (size_t i = 0; i < n; i++) {
-        const ar_job *j = &jobs[i];
-        if (a->stop && *a->stop)
+    if (n == 0)
+        goto out;
+    skip = calloc(n, 1);
+    slots = calloc((size_t)nslots, sizeof *slots);
+    if (!skip || !slots) {
+        rc = AR_ENOMEM;
+        goto out;
+    }
+    supersede(a, jobs, n, skip);
+    pthread_mutex_init(&pl.mu, NULL);
+    pthread_cond_init(&pl.cv, NULL);
+    for (;;) {
+        /* start jobs while a slot is free */
+        for (int i = 0; i < nslots && !halt; i++) {
+            slot *s = &slots[i];
+            if (s->busy)
+                continue;
+            while (next < n && skip[next])
+                next++;
+            if (next >= n || (a->stop && *a->stop))
+                break;
+            const ar_job *j = &jobs[next++];
+            err[0] = 0;
+            int prc = ar_job_prepare(a, j, &s->w, err, sizeof err);
+            if (prc) {
+                halt = record_outcome(a, j, prc, err, once, st);
+                i--; /* the slot is still free */
+                continue;
+            }
+            if (!s->http) {
+                ar_http_opts ho = {.base_url = a->cfg.orthanc_url,
+                                   .username = a->cfg.orthanc_username,
+                                   .password = a->cfg.orthanc_password,
+                                   .timeout_s = a->cfg.http_timeout,
+                                   .connect_timeout_s = 10};
+                if (ar_http_new(&ho, &s->http, err, sizeof err)) {
+                    record_outcome(a, j, AR_ENET, err, once, st);
+                    ar_job_work_free(&s->w);
+                    halt = 1;
+                    break;
+                }
+            }
+            s->w.http = s->http;
+            s->pool = &pl;
+            s->busy = 1;
+            s->done = 0;
+            if (pthread_create(&s->th, NULL, slot_main, s) != 0) {
+                ar_job_transfer(&s->w); /* no thread: run it here */
+                s->done = 1;
+                s->th = pthread_self();
+            }
+        }
+        int busy = 0;
+        for (int i = 0; i < nslots; i++)
+            busy += slots[i].busy;
+        if (!busy)
             break;
-        err[0] = 0;
-        int rc = ar_job_execute(a, j, err, sizeof err);
-        ar_log_fields f = {.study = j->study_id, .rule = j->rule, .bytes = -1, .seconds = -1};
-        char serr[1024] = "";
-        if (rc == AR_OK) {
-            st->jobs_ok++;
-        } else if (rc == AR_ESTOP) {
-            ar_log(AR_LOG_INFO, "job.abandoned", &f, "job %" PRId64 " abandoned: %s (will be redone)",
-                   j->id, err);
-        } else if (rc == AR_ENOTFOUND) {
-            st->jobs_gone++;
-            ar_log(AR_LOG_WARN, "job.gone", &f, "job %" PRId64 ": %s %s is gone from Orthanc: %s",
-                   j->id, j->level, j->resource_id, err);
-            if (ar_state_job_gone(a->state, j->id, err, serr, sizeof serr))
-                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
-        } else {
-            st->jobs_failed++;
-            int attempts = j->attempts + 1;
-            double retry_at = 0;
-            if (ar_err_retryable(rc) && attempts < a->cfg.retry_attempts)
-                retry_at = wall_now() + backoff(&a->cfg, attempts);
-            if (retry_at > 0)
-                ar_log(AR_LOG_ERROR, "job.failed", &f,
-                       "job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s",
-                       j->id, j->action, j->resource_id, attempts, err, retry_at - wall_now());
-            else
-                ar_log(AR_LOG_ERROR, "job.failed", &f,
-                       "job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s", j->id,
-                       j->action, j->resource_id, attempts, err);
-            if (ar_state_job_failed(a->state, j->id, err, retry_at, serr, sizeof serr))
-                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
-            if (rc == AR_ENET && !once)
-                break; /* Orthanc is likely down: the other jobs wait for the next
-                        * cycle instead of each spending an attempt now */
+        /* wait for a slot to finish */
+        pthread_mutex_lock(&pl.mu);
+        for (;;) {
+            int any = 0;
+            for (int i = 0; i < nslots; i++)
+                any |= slots[i].busy && slots[i].done;
+            if (any)
+                break;
+            pthread_cond_wait(&pl.cv, &pl.mu);
+        }
+        pthread_mutex_unlock(&pl.mu);
+        for (int i = 0; i < nslots; i++) {
+            slot *s = &slots[i];
+            if (!s->busy || !s->done)
+                continue;
+            if (!pthread_equal(s->th, pthread_self()))
+                pthread_join(s->th, NULL);
+            s->busy = 0;
+            err[0] = 0;
+            int frc = ar_job_finish(a, &s->w, err, sizeof err);
+            if (record_outcome(a, &s->w.job, frc, err, once, st))
+                halt = 1;
+            ar_job_work_free(&s->w);
         }
     }
+    pthread_mutex_destroy(&pl.mu);
+    pthread_cond_destroy(&pl.cv);
+out:
+    for (int i = 0; slots && i < nslots; i++)
+        if (slots[i].http)
+            ar_http_free(slots[i].http);
+    free(slots);
+    free(skip);
     free(jobs);
-    return AR_OK;
+    return rc;
 }
 
 static void write_status(ar_app *a, int outage, const char *err)

@@ -13,6 +13,7 @@
 #include "../core/orthanc.h"
 #include "../core/sanitize.h"
 #include "daemon.h"
+#include "jobs.h"
 
 static double now_s(void)
 {
@@ -69,27 +70,40 @@ static int check_space(const char *storage, long long need, char *err, size_t er
     return AR_OK;
 }
 
-static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_t errlen)
+int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size_t errlen)
 {
     int rc = AR_ERR;
-    ar_plan plan = {0};
-    char folder[AR_PATH_LEN], want[AR_PATH_LEN], owner[512];
-    const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
-    double t0 = now_s();
+    char want[AR_PATH_LEN], owner[512];
 
+    memset(w, 0, sizeof *w);
+    w->job = *job;
+    w->storage = a->cfg.storage_dir;
+    w->t0 = now_s();
+    w->rule = ar_app_find_rule(a, job->rule);
+    if (w->rule < 0)
+        return ar_seterr(err, errlen, AR_ERULE,
+                         "rule '%s' is not loaded any more (deleted or broken)", job->rule);
+    const ar_rule_info *ri = ar_engine_rule(a->engine, (size_t)w->rule);
+    if (strcmp(job->action, "forward") == 0) {
+        w->forward = 1;
+        w->eo.stop = a->stop;
+        snprintf(w->destination, sizeof w->destination, "%s", ri->destination);
+        return AR_OK;
+    }
+    const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
     if ((rc = load_study(a, job->study_id, err, errlen)))
         goto out;
-    if ((rc = ar_engine_plan(a->engine, (size_t)rule, series, &plan, err, errlen)))
+    if ((rc = ar_engine_plan(a->engine, (size_t)w->rule, series, &w->plan, err, errlen)))
         goto out;
     snprintf(owner, sizeof owner, "%s|%s", job->rule, job->resource_id);
-    if ((rc = fit_folder(plan.folder, want, sizeof want, err, errlen)))
+    if ((rc = fit_folder(w->plan.folder, want, sizeof want, err, errlen)))
         goto out;
-    if ((rc = ar_state_claim_folder(a->state, want, owner, job->resource_id, folder,
-                                    sizeof folder, err, errlen)))
+    if ((rc = ar_state_claim_folder(a->state, want, owner, job->resource_id, w->folder,
+                                    sizeof w->folder, err, errlen)))
         goto out;
-    if ((rc = check_space(a->cfg.storage_dir, plan.total_bytes, err, errlen)))
+    if ((rc = check_space(a->cfg.storage_dir, w->plan.total_bytes, err, errlen)))
         goto out;
-    ar_export_opts eo = {
+    w->eo = (ar_export_opts){
         .verify_md5 = a->cfg.verify_md5,
         .max_connections = a->cfg.max_connections,
         .fsync = a->cfg.fsync,
@@ -99,50 +113,86 @@ static int do_download(ar_app *a, const ar_job *job, long rule, char *err, size_
         .progress = a->progress,
         .progress_ud = a->progress_ud,
     };
-    ar_export_result res = {0};
-    if ((rc = ar_export_download(a->http, a->cfg.storage_dir, folder, plan.files, plan.n, &eo,
-                                 &res, err, errlen)))
-        goto out;
-    if ((rc = ar_state_job_done(a->state, job->id, folder, res.bytes, err, errlen)))
-        goto out;
-    ar_log_fields f = {.study = job->study_id, .rule = job->rule, .path = folder,
-                       .bytes = res.bytes, .seconds = now_s() - t0};
-    ar_log(AR_LOG_INFO, "export.done", &f, "%zu file(s)%s", res.files,
-           res.replaced ? ", replaced the previous export" : "");
-    char herr[1024] = "";
-    if (ar_engine_on_exported(a->engine, (size_t)rule, series, folder, herr, sizeof herr))
-        ar_log(AR_LOG_WARN, "rule.hook_error", &f, "on_exported: %s", herr);
     rc = AR_OK;
 out:
-    ar_plan_free(&plan);
+    if (rc)
+        ar_job_work_free(w);
     return rc;
 }
 
-static int do_forward(ar_app *a, const ar_job *job, const ar_rule_info *ri, char *err,
-                      size_t errlen)
+static int do_forward(ar_job_work *w, char *err, size_t errlen);
+
+void ar_job_transfer(ar_job_work *w)
+{
+    w->err[0] = 0;
+    if (w->forward)
+        w->rc = do_forward(w, w->err, sizeof w->err);
+    else
+        w->rc = ar_export_download(w->http, w->storage, w->folder, w->plan.files, w->plan.n,
+                                   &w->eo, &w->res, w->err, sizeof w->err);
+    w->seconds = now_s() - w->t0;
+}
+
+int ar_job_finish(ar_app *a, ar_job_work *w, char *err, size_t errlen)
+{
+    int rc = w->rc;
+    const ar_job *job = &w->job;
+    if (rc) {
+        ar_seterr(err, errlen, rc, "%s", w->err);
+        return rc;
+    }
+    const char *path = w->forward ? w->destination : w->folder;
+    if ((rc = ar_state_job_done(a->state, job->id, path, w->res.bytes, err, errlen)))
+        return rc;
+    ar_log_fields f = {.study = job->study_id, .rule = job->rule, .path = path,
+                       .bytes = w->forward ? -1 : w->res.bytes, .seconds = w->seconds};
+    if (w->forward) {
+        ar_log(AR_LOG_INFO, "forward.done", &f, "%s %s sent to modality %s", job->level,
+               job->resource_id, w->destination);
+        return AR_OK;
+    }
+    ar_log(AR_LOG_INFO, "export.done", &f, "%zu file(s)%s", w->res.files,
+           w->res.replaced ? ", replaced the previous export" : "");
+    char herr[1024] = "";
+    const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
+    long rule = ar_app_find_rule(a, job->rule);
+    if (rule >= 0 &&
+        ar_engine_on_exported(a->engine, (size_t)rule, series, w->folder, herr, sizeof herr))
+        ar_log(AR_LOG_WARN, "rule.hook_error", &f, "on_exported: %s", herr);
+    return AR_OK;
+}
+
+void ar_job_work_free(ar_job_work *w)
+{
+    ar_plan_free(&w->plan);
+    memset(&w->plan, 0, sizeof w->plan);
+}
+
+static int do_forward(ar_job_work *w, char *err, size_t errlen)
 {
     int rc = AR_ERR;
     ar_buf b = {0};
     char path[1024], seg[768], jobid[128], state[64], desc[512];
-    double t0 = now_s();
+    const ar_job *job = &w->job;
+    ar_http *http = w->http;
 
     if (!ar_orthanc_valid_id(job->resource_id))
         return ar_seterr(err, errlen, AR_EHTTP, "invalid resource id '%s'", job->resource_id);
-    if (ar_url_segment(ri->destination, seg, sizeof seg))
+    if (ar_url_segment(w->destination, seg, sizeof seg))
         return ar_seterr(err, errlen, AR_ERULE, "modality name too long");
     snprintf(path, sizeof path, "/modalities/%s/store", seg);
     char body[256];
     snprintf(body, sizeof body, "{\"Resources\":[\"%s\"],\"Asynchronous\":true}", job->resource_id);
-    rc = ar_http_post(a->http, path, body, strlen(body), NULL, &b, err, errlen);
+    rc = ar_http_post(http, path, body, strlen(body), NULL, &b, err, errlen);
     if (rc) {
         char detail[512] = "";
         if (b.data && ar_jsonq_get(b.data, b.len, "Message", detail, sizeof detail, NULL, 0) == 0)
-            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", ri->destination,
+            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", w->destination,
                       detail);
         else {
             char tmp[1024];
             snprintf(tmp, sizeof tmp, "%s", err);
-            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", ri->destination, tmp);
+            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", w->destination, tmp);
         }
         if (rc == AR_ENOTFOUND)
             rc = AR_EHTTP; /* unknown modality: the study is not "gone" */
@@ -157,7 +207,7 @@ static int do_forward(ar_app *a, const ar_job *job, const ar_rule_info *ri, char
     for (;;) {
         ar_buf_free(&b);
         snprintf(path, sizeof path, "/jobs/%s", jobid);
-        if ((rc = ar_http_get(a->http, path, &b, err, errlen)))
+        if ((rc = ar_http_get(http, path, &b, err, errlen)))
             goto out;
         if ((rc = ar_jsonq_get(b.data, b.len, "State", state, sizeof state, err, errlen)))
             goto out;
@@ -169,23 +219,17 @@ static int do_forward(ar_app *a, const ar_job *job, const ar_rule_info *ri, char
             char details[256] = "";
             ar_jsonq_get(b.data, b.len, "ErrorDetails", details, sizeof details, NULL, 0);
             rc = ar_seterr(err, errlen, AR_ENET, "forward to modality '%s' failed: %s%s%s",
-                           ri->destination, desc, details[0] ? ": " : "", details);
+                           w->destination, desc, details[0] ? ": " : "", details);
             goto out;
         }
-        if (a->stop && *a->stop) {
+        if (w->eo.stop && *w->eo.stop) {
             rc = ar_seterr(err, errlen, AR_ESTOP, "stopped while forwarding to '%s'",
-                           ri->destination);
+                           w->destination);
             goto out;
         }
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL); /* waiting on Orthanc's job, not synchronising a test */
     }
-    if ((rc = ar_state_job_done(a->state, job->id, ri->destination, 0, err, errlen)))
-        goto out;
-    ar_log_fields f = {.study = job->study_id, .rule = job->rule, .path = ri->destination,
-                       .bytes = -1, .seconds = now_s() - t0};
-    ar_log(AR_LOG_INFO, "forward.done", &f, "%s %s sent to modality %s", job->level,
-           job->resource_id, ri->destination);
     rc = AR_OK;
 out:
     ar_buf_free(&b);
@@ -194,12 +238,13 @@ out:
 
 int ar_job_execute(ar_app *a, const ar_job *job, char *err, size_t errlen)
 {
-    long rule = ar_app_find_rule(a, job->rule);
-    if (rule < 0)
-        return ar_seterr(err, errlen, AR_ERULE,
-                         "rule '%s' is not loaded any more (deleted or broken)", job->rule);
-    const ar_rule_info *ri = ar_engine_rule(a->engine, (size_t)rule);
-    if (strcmp(job->action, "forward") == 0)
-        return do_forward(a, job, ri, err, errlen);
-    return do_download(a, job, rule, err, errlen);
+    ar_job_work w;
+    int rc = ar_job_prepare(a, job, &w, err, errlen);
+    if (rc)
+        return rc;
+    w.http = a->http;
+    ar_job_transfer(&w);
+    rc = ar_job_finish(a, &w, err, errlen);
+    ar_job_work_free(&w);
+    return rc;
 }
