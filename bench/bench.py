@@ -1194,7 +1194,11 @@ def main():
         print(f"total bench time {time.monotonic() - started:.0f} s")
     except BenchError as e:
         bench.failures.append(str(e))
+    except KeyboardInterrupt:
+        bench.failures.append("interrupted")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the cleanup finish
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         for ds in sets:  # SIGTERM all first: each Orthanc takes a few s to stop
             if ds.orthanc and ds.orthanc.proc and ds.orthanc.proc.poll() is None:
                 ds.orthanc.proc.terminate()

@@ -72,9 +72,19 @@ for a in "${pass[@]+"${pass[@]}"}"; do
     [ "$a" = "--keep" ] && keep=1
 done
 
+py=""
 cleanup() {
     local pidfile pid
-    # bench.py records every child it starts as $work/pids/<pid>
+    # bench.py stops its Orthancs itself when it gets SIGTERM; give it time
+    if [ -n "$py" ] && kill -0 "$py" 2>/dev/null; then
+        kill -TERM "$py" 2>/dev/null || true
+        for _ in $(seq 1 300); do
+            kill -0 "$py" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$py" 2>/dev/null || true
+    fi
+    # then anything it left: it records every child it starts as $work/pids/<pid>
     if [ -d "$work/pids" ]; then
         for pidfile in "$work"/pids/*; do
             [ -e "$pidfile" ] || continue
@@ -101,6 +111,11 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# In the background so that a signal to this script is handled at once
+# (bash runs traps only after a foreground command ends).
+python3 "$here/bench.py" --binary "$binary" --workdir "$work" "${pass[@]+"${pass[@]}"}" &
+py=$!
 rc=0
-python3 "$here/bench.py" --binary "$binary" --workdir "$work" "${pass[@]+"${pass[@]}"}" || rc=$?
+wait "$py" || rc=$?
+py=""
 exit "$rc"
