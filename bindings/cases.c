@@ -466,7 +466,10 @@ static int run_case(case_run *c, lua_State *L)
 
     /* the study */
     want = get_str(L, ex, "fixture");
-    snprintf(path, sizeof path, "%s/%s", c->dir, want ? want : "fixture.json");
+    if (want && want[0] == '/')
+        snprintf(path, sizeof path, "%s", want);
+    else
+        snprintf(path, sizeof path, "%s/%s", c->dir, want ? want : "fixture.json");
     fixture = read_file(path, &fixture_len);
     if (!fixture) {
         fail_case(c, "cannot read the fixture %s", path);

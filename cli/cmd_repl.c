@@ -217,6 +217,7 @@ int ar_cmd_repl(int argc, char **argv)
         rl_readline_name = "autorthanc";
         rl_catch_signals = 0;
         rl_catch_sigwinch = 0;
+        rl_variable_bind("enable-bracketed-paste", "off");
         if (home && *home) {
             snprintf(history, sizeof history, "%s/.autorthanc_history", home);
             read_history(history);
