@@ -51,14 +51,19 @@ if [ "$build_it" = 1 ] && [ "$reference_only" = 0 ]; then
 fi
 
 # The diagnostic probe (core/export alone) against the same build's core
-# library; the benchmark runs without it if it does not build.
+# library, linked with the libraries CMake linked autorthanc with; the
+# benchmark runs without it if it does not build.
 probe=""
 if [ "$reference_only" = 0 ] && [ -f "$build/libarcore.a" ] && command -v cc >/dev/null; then
-    # shellcheck disable=SC2046
-    if cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$repo/core" \
-        "$here/export_probe.c" "$build/libarcore.a" \
-        $(pkg-config --libs libcurl yaml-0.1 sqlite3) -o "$build/export_probe" \
-        2>"$build.probe.log"; then
+    link="$build/CMakeFiles/autorthanc.dir/link.txt"
+    if [ -f "$link" ]; then
+        libs=$(sed -n 's/.* -o autorthanc //p' "$link")
+    else
+        libs="libarcore.a $(pkg-config --libs libcurl yaml-0.1 sqlite3 libcrypto 2>/dev/null)"
+    fi
+    # shellcheck disable=SC2086
+    if (cd "$build" && cc -O2 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -I"$repo/core" \
+            "$here/export_probe.c" -o export_probe $libs) 2>"$build.probe.log"; then
         probe="$build/export_probe"
     else
         echo "bench: export_probe did not build (see $build.probe.log); going on without it" >&2
