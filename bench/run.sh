@@ -78,6 +78,7 @@ for a in "${pass[@]+"${pass[@]}"}"; do
 done
 
 py=""
+# shellcheck disable=SC2317  # called by the EXIT trap
 cleanup() {
     local pidfile pid
     # bench.py stops its Orthancs itself when it gets SIGTERM; give it time
