@@ -623,11 +623,13 @@ local function compile_tag(ctx, path, obj)
         if minc ~= nil then
             fail(ctx, p .. "MinCount", "only for Series-level tags of a study rule and Instance-level tags")
         end
-        return { expr = expr, desc = desc, value = v }
+        return { expr = expr, desc = desc, value = v,
+            detail = "\"(value: \" .. show(" .. v .. ") .. \")\"" }
     end
     if q ~= nil then q = want_choice(ctx, p .. "Quantifier", q, QUANTIFIERS, "quantifier") else q = "any" end
     local what = var == "s" and "series" or "instance"
     local fn = "function(" .. var .. ") return " .. expr .. " end"
+    local values = "show_all(" .. over .. ", function(" .. var .. ") return " .. v .. " end)"
     if minc ~= nil then
         if type(minc) ~= "number" or minc ~= floor(minc) or minc < 1 then
             fail(ctx, p .. "MinCount", "expected a whole number >= 1, got " ..
@@ -638,10 +640,13 @@ local function compile_tag(ctx, path, obj)
         end
         local n = numlit(minc)
         return { expr = "count(" .. over .. ", " .. fn .. ") >= " .. n,
-            desc = desc .. " in at least " .. n .. " " .. what .. (what == "series" and "" or "s") }
+            desc = desc .. " in at least " .. n .. " " .. what .. (what == "series" and "" or "s"),
+            detail = "\"(\" .. count(" .. over .. ", " .. fn .. ") .. \" passed; values: \" .. " ..
+                values .. " .. \")\"" }
     end
     local words = { any = "in any ", all = "in every ", none = "in no " }
-    return { expr = q .. "(" .. over .. ", " .. fn .. ")", desc = desc .. " " .. words[q] .. what }
+    return { expr = q .. "(" .. over .. ", " .. fn .. ")", desc = desc .. " " .. words[q] .. what,
+        detail = "\"(values: \" .. " .. values .. " .. \")\"" }
 end
 
 -- ---- conditions and groups -------------------------------------------------------------
@@ -874,7 +879,17 @@ local function emit_condition(add, node, path)
     add(indent .. "-- " .. path .. ": " .. node.desc)
     if node.kind then
         add(indent .. "if not " .. node_expr(node, indent) .. " then")
-        add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc))
+        if node.negate then
+            add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc))
+        else
+            -- which parts failed, with the values they saw
+            add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc) .. " .. why({")
+            for _, item in ipairs(node.items) do
+                add(indent .. "    { " .. node_expr(item, indent .. "    ") .. ", " ..
+                    lit(item.path .. ": " .. item.desc) .. ", " .. (item.detail or "nil") .. " },")
+            end
+            add(indent .. "  })")
+        end
     else
         -- "if not <test> then", without "not not" and with parentheses
         -- only where precedence needs them
@@ -888,9 +903,9 @@ local function emit_condition(add, node, path)
             cond = "not (" .. e .. ")"
         end
         add(indent .. "if " .. cond .. " then")
-        if node.value then
-            add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc .. " (value: ") ..
-                " .. show(" .. node.value .. ") .. \")\"")
+        if node.detail then
+            add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc .. " ") ..
+                " .. " .. node.detail)
         else
             add(indent .. "  return false, " .. lit(path .. " failed: " .. node.desc))
         end

@@ -666,6 +666,42 @@ function P.show(v)
     return '"' .. s .. '"'
 end
 
+-- ---- reasons (what a failed match says) -------------------------------------
+
+-- show_all(list, get): the distinct values get(item) takes over a list, each
+-- as show() writes it, in order of first appearance: '"CT", "SR", (missing)'.
+-- At most 8, then "... (N more)".
+function P.show_all(list, get)
+    if type(list) ~= "table" then return "(none)" end
+    local out, seen, more = {}, {}, 0
+    for i = 1, #list do
+        local v = P.show(get(list[i]))
+        if not seen[v] then
+            seen[v] = true
+            if #out < 8 then out[#out + 1] = v else more = more + 1 end
+        end
+    end
+    if #out == 0 then return "(none)" end
+    if more > 0 then out[#out + 1] = "... (" .. more .. " more)" end
+    return concat(out, ", ")
+end
+
+-- why(items): the parts of a group that failed, each item { passed,
+-- "<JSON path>: <condition>", "(value: ...)" or nil }, as
+-- "; Tags[1].All[2]: ... (value: ...); ..." ("" when none failed).
+function P.why(items)
+    local out = {}
+    if type(items) ~= "table" then return "" end
+    for i = 1, #items do
+        local it = items[i]
+        if type(it) == "table" and not it[1] then
+            out[#out + 1] = tostring(it[2]) .. (it[3] ~= nil and (" " .. tostring(it[3])) or "")
+        end
+    end
+    if #out == 0 then return "" end
+    return "; " .. concat(out, "; ")
+end
+
 -- Nothing but functions is exported (see the header).
 for k, v in pairs(P) do
     if type(v) ~= "function" then error("prelude: " .. k .. " is not a function") end
