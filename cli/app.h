@@ -26,6 +26,8 @@ typedef struct ar_app {
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
     volatile sig_atomic_t *reload; /* set by SIGHUP */
     int64_t orthanc_last;        /* Orthanc's last change seen by the loop, -1 unknown */
+    char fresh_study[128];       /* study whose snapshot the engine holds, fetched in
+                                  * this cycle ("" = none): jobs reuse it */
     /* optional progress of a download job (`fire` draws a bar with it) */
     void (*progress)(void *ud, size_t files_done, size_t files_total, long long bytes_done);
     void *progress_ud;

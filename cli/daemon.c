@@ -136,6 +136,7 @@ static int load_snapshot(ar_app *a, const char *study_id, snap_cache *sc, char *
                                   ans.series.len, ans.instances.data, ans.instances.len, err,
                                   errlen)))
         goto out;
+    snprintf(a->fresh_study, sizeof a->fresh_study, "%s", study_id);
     if (sc) {
         char *list = NULL;
         if (ar_jsonq_get_dup(ans.study.data, ans.study.len, "Series", &list, NULL, 0) == 0) {
@@ -724,6 +725,7 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
             ar_app_maybe_reload_rules(a, 0);
         }
         err[0] = 0;
+        a->fresh_study[0] = 0;
         int rc = poll_changes(a, &outage, err, sizeof err);
         if (rc == AR_ENET || rc == AR_EHTTP || rc == AR_ENOTFOUND) {
             st->poll_errors++;

@@ -26,12 +26,17 @@ static double now_s(void)
 static int load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
 {
     ar_study_answers ans;
+    /* decided in this cycle and still the engine's snapshot: no need to ask again */
+    if (a->fresh_study[0] && strcmp(a->fresh_study, study_id) == 0 &&
+        strcmp(ar_engine_study_id(a->engine), study_id) == 0)
+        return AR_OK;
     int rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen);
     if (rc)
         return rc;
     rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
                              ans.series.len, ans.instances.data, ans.instances.len, err, errlen);
     ar_study_answers_free(&ans);
+    a->fresh_study[0] = 0; /* only the loop's own snapshots count as fresh */
     return rc;
 }
 

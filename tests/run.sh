@@ -57,7 +57,7 @@ fi
 # The benchmark's smoke mode keeps bench/run.sh working (numbers are printed, never asserted).
 if [[ "${AR_SKIP_BENCH:-0}" != 1 && -f "$src/bench/run.sh" ]]; then
   step "benchmark smoke run (bench/run.sh --quick)"
-  bash "$src/bench/run.sh" --quick 2>&1 | tee "$logdir/bench.out"
+  bash "$src/bench/run.sh" --quick --binary "$build/autorthanc" 2>&1 | tee "$logdir/bench.out"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
 
