@@ -110,8 +110,12 @@ static void print_target(ar_app *a, size_t rule, const char *series, const char 
         printf("%s%s: %s\n", indent, matched ? "forward to" : "would forward to", t.folder);
         return;
     }
-    printf("%s%s: %s (%zu files, %s)\n", indent, matched ? "path" : "path if it matched",
-           t.folder, t.files, ar_tool_human_bytes(t.bytes, hb, sizeof hb));
+    if (t.files)
+        printf("%s%s: %s (%zu files, %s)\n", indent, matched ? "path" : "path if it matched",
+               t.folder, t.files, ar_tool_human_bytes(t.bytes, hb, sizeof hb));
+    else
+        printf("%s%s: %s (no instances listed)\n", indent, matched ? "path" : "path if it matched",
+               t.folder);
     if (t.collision)
         printf("%scollision: %s is already owned by %s in the state database; this study "
                "would get %s\n",

@@ -36,7 +36,7 @@ local MAX_DEPTH, MAX_ITEMS, LINE = 4, 40, 100
 
 local function quote(s)
     local q = format("%q", s):gsub("\\\n", "\\n")
-    if #q > 200 then q = q:sub(1, 180) .. "...\" (" .. #s .. " bytes)" end
+    if #q > 400 then q = q:sub(1, 160) .. "...\" (" .. #s .. " bytes)" end
     return q
 end
 
