@@ -35,6 +35,10 @@ static void on_progress(void *ud, size_t done, size_t total, long long bytes)
 {
     fire_progress *p = ud;
     ar_progress_draw(&p->bar, done, total, bytes, p->total_bytes, done == total);
+    if (done == total && p->bar.on) { /* keep the full bar; log lines follow below it */
+        fputc('\n', stderr);
+        p->bar.on = 0;
+    }
 }
 
 static int64_t now_ms(void)
