@@ -295,16 +295,21 @@ def test_malformed_study_answer_is_retried(t):
 
 
 def test_garbled_study_during_job_is_retried(t):
-    """The rules decided; when the job fetches the study to plan its export,
-    the answer is garbled once.  That is a server hiccup, not a broken
-    study: the job must stay pending for a retry, and the next run exports
-    it."""
+    """A job retried in a later run fetches the study again to plan its
+    export (within one run it reuses the snapshot its decision fetched); that
+    answer is garbled once.  That is a server hiccup, not a broken study: the
+    job must stay pending for a retry, and the next run exports it."""
     o, ws, s, proxy, env = setup(t, "BADJOB", n=2)
-    proxy.add(f"/studies/{s['study']}", "body", times=1,
-              when=lambda: any(j["resource"] == s["study"] for j in f.jobs(ws)),
-              body=b'{"ID": "' + s["study"].encode() + b'", "MainDicomTags": {"Study')
+    proxy.add(FILES, "status", times=1, status=500)   # run 1: the job fails, stays pending
     r = run_once(ws, env)
+    assert_not_crashed(r, "500 on a file")
+    assert [j["status"] for j in f.jobs(ws)] == ["pending"], f"ledger: {f.jobs(ws)}"
+    proxy.clear()
+    proxy.add(f"/studies/{s['study']}", "body", times=1,
+              body=b'{"ID": "' + s["study"].encode() + b'", "MainDicomTags": {"Study')
+    r = run_once(ws, env)                                # run 2: the retry meets the garbled answer
     assert_not_crashed(r, "garbled study answer in a job")
+    assert proxy.count(f"/studies/{s['study']}") >= 1, "the retried job did not fetch the study"
     assert_nothing_exported(ws)
     jobs = f.jobs(ws)
     assert len(jobs) == 1, f"ledger: {jobs}"
