@@ -68,6 +68,14 @@ static void on_line(char *line)
 /* NULL at end of input; *canceled when Ctrl-C dropped the line. */
 static char *read_rl(const char *prompt, int *canceled)
 {
+    sigset_t block, open_mask;
+
+    /* SIGINT stays blocked except inside pselect, so a Ctrl-C that lands
+     * while readline handles a key is seen at the next pselect, not lost */
+    sigemptyset(&block);
+    sigaddset(&block, SIGINT);
+    sigprocmask(SIG_BLOCK, &block, &open_mask);
+    sigdelset(&open_mask, SIGINT);
     rl_ready = 0;
     rl_got = NULL;
     rl_callback_handler_install(prompt, on_line);
@@ -75,7 +83,10 @@ static char *read_rl(const char *prompt, int *canceled)
         fd_set fds;
         FD_ZERO(&fds);
         FD_SET(STDIN_FILENO, &fds);
-        if (select(STDIN_FILENO + 1, &fds, NULL, NULL, NULL) < 0) {
+        int n = g_intr ? -1 : pselect(STDIN_FILENO + 1, &fds, NULL, NULL, NULL, &open_mask);
+        if (n < 0 && g_intr)
+            errno = EINTR;
+        if (n < 0) {
             if (errno == EINTR && g_intr) {
                 g_intr = 0;
                 rl_free_line_state();
@@ -85,15 +96,18 @@ static char *read_rl(const char *prompt, int *canceled)
                 fputs("^C\n", stdout);
                 fflush(stdout);
                 *canceled = 1;
+                sigprocmask(SIG_UNBLOCK, &block, NULL);
                 return NULL;
             }
             if (errno == EINTR)
                 continue;
             rl_callback_handler_remove();
+            sigprocmask(SIG_UNBLOCK, &block, NULL);
             return NULL;
         }
         rl_callback_read_char();
     }
+    sigprocmask(SIG_UNBLOCK, &block, NULL);
     if (rl_got && *rl_got)
         add_history(rl_got);
     return rl_got;
@@ -109,7 +123,9 @@ static char *read_plain(const char *prompt, int *canceled)
     fflush(stdout);
     for (;;) {
         errno = 0;
-        if (getline(&line, &cap, stdin) >= 0)
+        if (g_intr)
+            errno = EINTR; /* Ctrl-C came between two reads */
+        else if (getline(&line, &cap, stdin) >= 0)
             return line;
         clearerr(stdin);
         if (errno == EINTR && g_intr) {
