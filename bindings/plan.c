@@ -22,10 +22,8 @@
 #include "engine_int.h"
 
 #define AR_FALLBACK "UNKNOWN"
-/* core/export.c builds "<folder>.WORKING" and "<folder>.OLD.WORKING" next to
- * the final folder: its last component keeps room for that suffix. */
-#define AR_EXPORT_SUFFIX_MAX (sizeof ".OLD.WORKING" - 1)
-#define AR_FOLDER_LAST_MAX (AR_NAME_MAX - AR_EXPORT_SUFFIX_MAX)
+/* The last component keeps room for a collision suffix and ".OLD.WORKING". */
+#define AR_FOLDER_LAST_MAX AR_FOLDER_NAME_MAX
 
 typedef struct strvec {
     char **v;

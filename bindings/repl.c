@@ -165,23 +165,18 @@ static int c_rule_source(lua_State *L)
 
 /* ---- M.c: export folders --------------------------------------------------- */
 
-/* Like bindings/plan.c (each component sanitised, the last one leaving room
- * for export's ".OLD.WORKING") and cli/jobs.c (room for ".WORKING" and a
- * collision suffix). */
-#define AR_FOLDER_LAST_MAX (AR_NAME_MAX - (sizeof ".OLD.WORKING" - 1))
-#define AR_FOLDER_FIT_MAX (AR_NAME_MAX - 8 - 13)
+/* As bindings/plan.c: each component sanitised, the last one leaving room
+ * for a collision suffix and ".OLD.WORKING" (AR_FOLDER_NAME_MAX). */
 
 #define AR_FOLDER_MAX_COMPONENTS 33
 
 static size_t add_component(char *out, size_t at, const char *s, size_t len, int last)
 {
-    char one[AR_NAME_MAX + 1], fit[AR_NAME_MAX + 1];
-    size_t n = ar_sanitize_component(s, len, "UNKNOWN", one, last ? AR_FOLDER_LAST_MAX : AR_NAME_MAX);
-    if (last)
-        n = ar_sanitize_component(one, n, "UNKNOWN", fit, AR_FOLDER_FIT_MAX);
+    char one[AR_NAME_MAX + 1];
+    size_t n = ar_sanitize_component(s, len, "UNKNOWN", one, last ? AR_FOLDER_NAME_MAX : AR_NAME_MAX);
     if (at)
         out[at++] = '/';
-    memcpy(out + at, last ? fit : one, n);
+    memcpy(out + at, one, n);
     return at + n;
 }
 

@@ -40,24 +40,6 @@ static int load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
     return rc;
 }
 
-/* The export folder's last component must leave room for ".WORKING" and a
- * collision suffix ("~xxxxxxxx-NN") within the 255-byte name limit. */
-#define AR_FOLDER_NAME_MAX (AR_NAME_MAX - 8 - 13)
-
-static int fit_folder(const char *folder, char *out, size_t outlen, char *err, size_t errlen)
-{
-    const char *slash = strrchr(folder, '/');
-    const char *last = slash ? slash + 1 : folder;
-    size_t head = (size_t)(last - folder);
-    char cut[AR_NAME_MAX + 1];
-    ar_sanitize_component(last, strlen(last), "UNKNOWN", cut, AR_FOLDER_NAME_MAX);
-    if (head + strlen(cut) + 1 > outlen)
-        return ar_seterr(err, errlen, AR_EIO, "export folder name too long: %.200s...", folder);
-    memcpy(out, folder, head);
-    strcpy(out + head, cut);
-    return AR_OK;
-}
-
 /* Refuse to start an export the storage folder has no room for (when the
  * size is known): failing before the transfer costs nothing. */
 static int check_space(const char *storage, long long need, char *err, size_t errlen)
@@ -78,7 +60,7 @@ static int check_space(const char *storage, long long need, char *err, size_t er
 int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size_t errlen)
 {
     int rc = AR_ERR;
-    char want[AR_PATH_LEN], owner[512];
+    char owner[512];
 
     memset(w, 0, sizeof *w);
     w->job = *job;
@@ -101,9 +83,7 @@ int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size
     if ((rc = ar_engine_plan(a->engine, (size_t)w->rule, series, &w->plan, err, errlen)))
         goto out;
     snprintf(owner, sizeof owner, "%s|%s", job->rule, job->resource_id);
-    if ((rc = fit_folder(w->plan.folder, want, sizeof want, err, errlen)))
-        goto out;
-    if ((rc = ar_state_claim_folder(a->state, want, owner, job->resource_id, w->folder,
+    if ((rc = ar_state_claim_folder(a->state, w->plan.folder, owner, job->resource_id, w->folder,
                                     sizeof w->folder, err, errlen)))
         goto out;
     if ((rc = check_space(a->cfg.storage_dir, w->plan.total_bytes, err, errlen)))

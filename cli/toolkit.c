@@ -186,21 +186,6 @@ int ar_tool_open_state_if_any(ar_app *a, char *err, size_t errlen)
     return ar_state_open(a->cfg.state_dir, &a->state, err, errlen);
 }
 
-/* The daemon cuts the export folder's last component so that ".WORKING"
- * and a collision suffix still fit (cli/jobs.c, fit_folder). */
-#define AR_FOLDER_NAME_MAX (AR_NAME_MAX - 8 - 13)
-
-static void fit(const char *folder, char *out, size_t outlen)
-{
-    const char *slash = strrchr(folder, '/');
-    const char *last = slash ? slash + 1 : folder;
-    size_t head = (size_t)(last - folder);
-    char cut[AR_NAME_MAX + 1];
-
-    ar_sanitize_component(last, strlen(last), "UNKNOWN", cut, AR_FOLDER_NAME_MAX);
-    snprintf(out, outlen, "%.*s%s", (int)head, folder, cut);
-}
-
 int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, char *err,
                    size_t errlen)
 {
@@ -217,7 +202,7 @@ int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, 
     }
     if ((rc = ar_engine_plan(a->engine, rule, series_id, &plan, err, errlen)))
         return rc;
-    fit(plan.folder, t->folder, sizeof t->folder);
+    snprintf(t->folder, sizeof t->folder, "%s", plan.folder);
     snprintf(t->actual, sizeof t->actual, "%s", t->folder);
     t->files = plan.n;
     t->bytes = plan.total_bytes;

@@ -17,6 +17,11 @@
 
 #define AR_NAME_MAX 255
 
+/* The last component of an export folder leaves room for what is added
+ * beside it: a collision suffix "~xxxxxxxx-NN" (core/state.c) and
+ * ".OLD.WORKING" (core/export.c). */
+#define AR_FOLDER_NAME_MAX (AR_NAME_MAX - 12 - 12)
+
 /* in/inlen: raw bytes (may contain NUL).  out must hold max_bytes+1.
  * Returns the length written. */
 size_t ar_sanitize_component(const char *in, size_t inlen, const char *fallback,
