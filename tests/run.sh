@@ -4,11 +4,12 @@
 #  2. Release build (the project's flags include -Werror), then every ctest
 #     test: unit tests, rule cases and the integration tests against real
 #     Orthancs on loopback ports chosen at run time;
-#  3. a second build with -DAR_SANITIZE=ON (ASan + UBSan) running the unit tests.
+#  3. a second build with -DAR_SANITIZE=ON (ASan + UBSan) running the whole
+#     suite again (unit and integration tests) against the sanitized binary.
 # Exits non-zero if any build or test fails; the last line sums up all tests.
 # Environment: AR_BUILD_DIR, AR_ASAN_BUILD_DIR (build folders), AR_JOBS (2),
-# AR_SKIP_ASAN=1 to skip step 3, AR_ASAN_INTEGRATION=1 to run the integration
-# tests against the sanitized binary too (about 90 s more), AR_SKIP_FUZZ=1 and
+# AR_SKIP_ASAN=1 to skip step 3, AR_ASAN_INTEGRATION=0 to run only the unit
+# tests there (about 2 minutes less), AR_SKIP_FUZZ=1 and
 # AR_SKIP_BENCH=1 to skip the bounded fuzzing and the benchmark smoke run.
 set -uo pipefail
 
@@ -39,7 +40,7 @@ if [[ "${AR_SKIP_ASAN:-0}" != 1 ]]; then
   cmake -S "$src" -B "$asan" -DCMAKE_BUILD_TYPE=Debug -DAR_SANITIZE=ON || die "sanitizer configure failed"
   cmake --build "$asan" -j"$jobs" || die "sanitizer build failed"
   asan_tests='^unit\.'
-  if [[ "${AR_ASAN_INTEGRATION:-0}" == 1 ]]; then asan_tests='^(unit|integration)\.'; fi
+  if [[ "${AR_ASAN_INTEGRATION:-1}" == 1 ]]; then asan_tests='^(unit|integration)\.'; fi
   step "ctest ($asan_tests) under ASan+UBSan"
   (cd "$asan" && ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1} \
      UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
