@@ -5,7 +5,7 @@
  * package, debug: even the host side can't touch files; C reads them), then
  * removes dofile, loadfile and string.dump for everyone.  lua-cjson is opened
  * as a module value, not a global.  The modules of rules/ are loaded in
- * order (prelude, compile, sandbox, study, layout, loader, host), each chunk
+ * order (lpattern, prelude, compile, sandbox, study, layout, loader, host), each chunk
  * named "=rules/<file>" and called with the table M of the modules loaded
  * before it (M.cjson, M.c: C helpers); host.lua's table is what the other
  * binding files call.  `lua_dir` (opts) overlays the embedded copies with
@@ -34,8 +34,8 @@ static const struct {
     const char *name;
     int optional; /* prelude/compile come from another module owner */
 } modules[] = {
-    {"prelude", 1}, {"compile", 1}, {"sandbox", 0}, {"study", 0},
-    {"layout", 0},  {"loader", 0},  {"host", 0},
+    {"lpattern", 0}, {"prelude", 1}, {"compile", 1}, {"sandbox", 0},
+    {"study", 0},    {"layout", 0},  {"loader", 0},  {"host", 0},
 };
 #define NMODULES (sizeof modules / sizeof modules[0])
 
@@ -115,6 +115,7 @@ static int init_door(lua_State *L)
     lua_pushcfunction(L, c_print);
     lua_setfield(L, -2, "print");
     ar_sandbox_register(L, -1);
+    ar_lpattern_register(L, -1);
     lua_setfield(L, 2, "c");
 
     for (i = 0; i < NMODULES; i++) {

@@ -98,6 +98,10 @@ int ar_rule_call(ar_engine *e, size_t rule, lua_CFunction fn, void *ctx, char *e
 /* sandbox.c: add the sandbox's C helpers to the table at index t (M.c). */
 void ar_sandbox_register(lua_State *L, int t);
 
+/* lpattern.c: add pattern_guard and charge (rules/lpattern.lua) to the
+ * table at index t (M.c). */
+void ar_lpattern_register(lua_State *L, int t);
+
 /* study.c: forget the current study on the C side. */
 void ar_study_forget(ar_engine *e);
 

@@ -32,6 +32,13 @@ local find, sub, gsub, match, byte, char, format, rep =
     string.format, string.rep
 local concat = table.concat
 
+-- Patterns run on what rules pass in (values, needles, patterns): use the
+-- budget-bounded versions (rules/lpattern.lua; native whenever provably
+-- cheap), so no argument can make a helper run unbounded in C.
+local M = ...
+local guarded = type(M) == "table" and M.lpattern and M.lpattern.guarded
+if guarded then find, gsub, match = guarded.find, guarded.gsub, guarded.match end
+
 local P = {}
 
 -- ---- strings ---------------------------------------------------------------

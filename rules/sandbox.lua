@@ -6,9 +6,12 @@
 --    require, with guarded getmetatable (nil for strings, so the shared
 --    string metatable is out of reach), setmetatable (only tables whose
 --    metatable is not protected; no __gc), rawset (never on a frozen or
---    read-only table); read-only views of string (without dump), table,
---    math and utf8; and the prelude's helpers.  Reading a name base doesn't
---    have raises "undefined global 'x'".  Nothing can write to base.
+--    read-only table); read-only views of string (without dump; its
+--    pattern functions, also reached as methods on strings, bounded by the
+--    budget: rules/lpattern.lua), table, math and utf8 (pairs on them
+--    never hands out the table behind); and the prelude's helpers.
+--    Reading a name base doesn't have raises "undefined global 'x'".
+--    Nothing can write to base.
 --  * new_env(): a fresh table per rule whose reads fall back to base, so
 --    rules never see each other's globals; its `load` accepts text only and
 --    binds the chunk to that rule's env; `_G` is the env itself.
@@ -68,7 +71,8 @@ local function frozen(t)
         __index = t,
         __newindex = function() error("this library table is read-only", 2) end,
         __len = function() return #t end,
-        __pairs = function(p) return next, t, nil end,
+        -- (never `next, t`: pairs would hand the rule the writable table)
+        __pairs = function(p) return function(_, k) return next(t, k) end, p, nil end,
         __metatable = "read-only library",
     })
 end
@@ -137,6 +141,19 @@ local function copy(t, without)
     return c
 end
 
+-- The string library rules see: find/match/gmatch/gsub are the bounded
+-- versions (rules/lpattern.lua), which the budget and deadline can stop.
+-- Methods on strings ("x"):find(...) go through the string metatable, which
+-- the whole state shares: its __index gets the same functions (host code
+-- calling methods stays correct: the guard is native whenever cheap; host
+-- modules call string.* through their own locals).
+local function string_library()
+    local t = copy(string, "dump")
+    for k, f in next, M.lpattern.guarded do t[k] = f end
+    return t
+end
+real_getmetatable("").__index = string_library()
+
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
     pcall = pcall, rawequal = rawequal, rawget = rawget, rawlen = rawlen,
@@ -144,7 +161,7 @@ local base = {
     xpcall = safe_xpcall, _VERSION = _VERSION,
     getmetatable = safe_getmetatable, setmetatable = safe_setmetatable,
     rawset = safe_rawset, collectgarbage = safe_collectgarbage, print = safe_print,
-    string = frozen(copy(string, "dump")),
+    string = frozen(string_library()),
     table = frozen(copy(table)),
     math = frozen(copy(math)),
     utf8 = frozen(copy(utf8)),

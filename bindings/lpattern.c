@@ -1,0 +1,233 @@
+/* lpattern.c - the guard in front of Lua's pattern functions for rules.
+ *
+ * Lua's pattern matcher runs in C, where the budget's count hook (budget.c)
+ * never fires: ("a"):rep(1e4):find(".-.-.-.-x") would run for hours.
+ * rules/lpattern.lua holds a Lua implementation of the same matching, which
+ * the hook does stop; this file decides, per call, which one runs.
+ *
+ * M.c.pattern_guard(kind, native, slow) -> the function rules get as
+ * string.<kind> (kind: "find", "match", "gmatch" or "gsub"; native: the
+ * string library's function; slow: the Lua implementation).  Called like
+ * the native function, it bounds the native matcher's work for these
+ * arguments (weight() below: from the pattern's backtracking items, its
+ * length, its %b and back-references, and the subject's length).  Within
+ * AR_PAT_CHEAP steps it calls the native C function on its own stack (so
+ * results, argument errors and their wording are the native ones) after
+ * charging the bound to the running call's budget; beyond, it calls slow.
+ * A plain find (4th argument, or no special characters) costs at most
+ * subject x needle.
+ *
+ * M.c.charge(n): count n instructions of work done in C on the rule's
+ * behalf.  Once the call is over its budget or past its deadline, the count
+ * hook is set to fire at the next instruction, which stops the call with
+ * the usual message.  Without a hook (host code outside a rule call)
+ * nothing is counted.
+ */
+#include <string.h>
+#include <time.h>
+
+#include <lauxlib.h>
+
+#include "engine_int.h"
+
+/* A native call may cost this many matcher steps (~2 ms here) ... */
+#define AR_PAT_CHEAP 1e6
+/* ... and is free below this many (the VM instructions around it cost more). */
+#define AR_PAT_FREE 1e4
+/* Matcher steps per charged instruction. */
+#define AR_PAT_UNITS 8
+
+enum { K_FIND, K_MATCH, K_GMATCH, K_GSUB };
+
+static void charge_n(lua_State *L, lua_Integer n)
+{
+    ar_budget *b = &ar_engine_of(L)->budget;
+    lua_Hook hook = lua_gethook(L);
+    struct timespec now;
+
+    if (hook == NULL || lua_gethookcount(L) <= 1)
+        return; /* no budget, or already stopping */
+    if (n > 0)
+        b->used += n < b->limit ? n : b->limit;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (b->used >= b->limit || (b->interrupt && *b->interrupt) ||
+        now.tv_sec > b->deadline.tv_sec ||
+        (now.tv_sec == b->deadline.tv_sec && now.tv_nsec >= b->deadline.tv_nsec))
+        lua_sethook(L, hook, lua_gethookmask(L), 1);
+}
+
+static int charge(lua_State *L)
+{
+    charge_n(L, luaL_checkinteger(L, 1));
+    return 0;
+}
+
+/* The index after the single-character class at p[i] (the matcher's
+ * classEnd), or 0 when it is malformed (matching stops there). */
+static size_t class_end(const char *p, size_t n, size_t i)
+{
+    char c = p[i++];
+
+    if (c == '%')
+        return i < n ? i + 1 : 0;
+    if (c == '[') {
+        if (i < n && p[i] == '^')
+            i++;
+        do {
+            if (i >= n)
+                return 0;
+            c = p[i++];
+            if (c == '%' && i < n)
+                i++;
+        } while (i >= n || p[i] != ']');
+        return i + 1;
+    }
+    return i;
+}
+
+/* The pattern's backtracking items (q: * + - ?) and items costing O(n) per
+ * visit (nb: %b, back-references), read from p[i]. */
+static void shape(const char *p, size_t n, size_t i, int *q, int *nb)
+{
+    *q = *nb = 0;
+    while (i < n) {
+        char c = p[i], e = i + 1 < n ? p[i + 1] : '\0';
+        size_t ep;
+
+        if (c == '(') {
+            i += e == ')' ? 2 : 1;
+        } else if (c == ')') {
+            i++;
+        } else if (c == '%' && e == 'b') {
+            (*nb)++;
+            i += 4;
+        } else if (c == '%' && e == 'f') {
+            if (i + 2 >= n || p[i + 2] != '[' || !(ep = class_end(p, n, i + 2)))
+                return;
+            i = ep;
+        } else if (c == '%' && e >= '0' && e <= '9') {
+            (*nb)++;
+            i += 2;
+        } else {
+            if (!(ep = class_end(p, n, i)))
+                return;
+            if (ep < n && (p[ep] == '*' || p[ep] == '+' || p[ep] == '-' || p[ep] == '?')) {
+                (*q)++;
+                ep++;
+            }
+            i = ep;
+        }
+    }
+}
+
+static int no_specials(const char *p, size_t n)
+{
+    size_t i;
+    for (i = 0; i < n; i++)
+        if (p[i] != '\0' && strchr("^$*+?.([%-", p[i]))
+            return 0;
+    return 1;
+}
+
+/* An upper bound of the native matcher's steps on n subject bytes.  The
+ * backtracking items and the start position (free = 1 when every start is
+ * tried) share at most n bytes between them, so the search tree has at
+ * most C(n + k + 1, k) nodes, k = q + free; each node does at most
+ * len + nb * n work (a set test costs up to its length). */
+static double weight(double n, int q, int nb, size_t len, int free)
+{
+    double w = (double)len + 1.0 + nb * n;
+    int k = q + free, j;
+
+    for (j = 1; j <= k && w <= 1e18; j++)
+        w = w * (n + 1 + j) / j;
+    return w;
+}
+
+/* posrelatI: the 1-based start of init on a subject of len bytes. */
+static lua_Integer start_of(lua_Integer init, size_t len)
+{
+    if (init > 0)
+        return init;
+    if (init == 0 || init < -(lua_Integer)len)
+        return 1;
+    return (lua_Integer)len + init + 1;
+}
+
+static int guard(lua_State *L)
+{
+    int kind = (int)lua_tointeger(L, lua_upvalueindex(3));
+    lua_CFunction native = lua_tocfunction(L, lua_upvalueindex(1));
+    size_t ls, lp;
+    const char *p;
+    double m, w;
+    int nargs, plain = 0, anchored, q, nb;
+
+    if (!lua_isstring(L, 1) || !lua_isstring(L, 2))
+        return native(L); /* its argument error */
+    luaL_checklstring(L, 1, &ls);
+    p = luaL_checklstring(L, 2, &lp);
+    if (kind == K_GSUB) {
+        int tr = lua_type(L, 3);
+        if (tr != LUA_TSTRING && tr != LUA_TNUMBER && tr != LUA_TTABLE && tr != LUA_TFUNCTION)
+            return native(L);
+        nargs = 4;
+        if (!lua_isnoneornil(L, 4)) {
+            lua_Integer max = luaL_checkinteger(L, 4);
+            lua_pushinteger(L, max);
+            lua_replace(L, 4);
+        }
+        m = (double)ls;
+    } else {
+        lua_Integer start = start_of(luaL_optinteger(L, 3, 1), ls);
+        nargs = kind == K_FIND ? 4 : 3;
+        if (!lua_isnoneornil(L, 3)) {
+            lua_pushinteger(L, start);
+            lua_replace(L, 3);
+        }
+        m = start > (lua_Integer)ls + 1 ? 0.0 : (double)((lua_Integer)ls - start + 1);
+        if (kind == K_FIND)
+            plain = lua_toboolean(L, 4) || no_specials(p, lp);
+    }
+    if (plain) {
+        w = m * (double)lp;
+    } else {
+        anchored = kind != K_GMATCH && lp > 0 && p[0] == '^';
+        shape(p, lp, anchored ? 1 : 0, &q, &nb);
+        w = weight(m, q, nb, lp, anchored ? 0 : 1);
+    }
+    if (w <= AR_PAT_CHEAP) {
+        if (w > AR_PAT_FREE)
+            charge_n(L, (lua_Integer)(w / AR_PAT_UNITS));
+        return native(L);
+    }
+    /* Too costly for C: the Lua implementation, under the count hook. */
+    lua_settop(L, nargs);
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_insert(L, 1);
+    lua_call(L, nargs, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int pattern_guard(lua_State *L)
+{
+    static const char *const kinds[] = {"find", "match", "gmatch", "gsub", NULL};
+    int kind = luaL_checkoption(L, 1, NULL, kinds);
+
+    luaL_argcheck(L, lua_tocfunction(L, 2) != NULL, 2, "the native string function expected");
+    luaL_checktype(L, 3, LUA_TFUNCTION);
+    lua_settop(L, 3);
+    lua_pushinteger(L, kind);
+    lua_remove(L, 1); /* stack: native, slow, kind */
+    lua_pushcclosure(L, guard, 3);
+    return 1;
+}
+
+void ar_lpattern_register(lua_State *L, int t)
+{
+    t = lua_absindex(L, t);
+    lua_pushcfunction(L, pattern_guard);
+    lua_setfield(L, t, "pattern_guard");
+    lua_pushcfunction(L, charge);
+    lua_setfield(L, t, "charge");
+}
