@@ -2,7 +2,7 @@
  *
  * Setup (one unbudgeted door call): a module table M of the REPL's own with
  * lua-cjson, the C helpers below (M.c), private instances of the embedded
- * prelude, sandbox, study and layout modules (so REPL globals and studies
+ * lpattern, prelude, sandbox, study and layout modules (so REPL globals and studies
  * never touch the daemon's host state), M.orthanc (lua_orthanc.c) and the
  * fixture text; then rules/repl.lua is run with M and its table kept in the
  * registry.  Each complete chunk is one budgeted door call to repl.feed.
@@ -304,6 +304,7 @@ static int init_door(lua_State *L)
     lua_pushlightuserdata(L, c->r);
     luaL_setfuncs(L, fns, 1);
     ar_sandbox_register(L, -1);
+    ar_lpattern_register(L, -1);
     lua_setfield(L, 2, "c");
     if (c->o->http) {
         ar_lua_orthanc_push(L, c->o->http);
@@ -315,6 +316,7 @@ static int init_door(lua_State *L)
         lua_pushstring(L, c->o->fixture_name ? c->o->fixture_name : "fixture");
         lua_setfield(L, 2, "fixture_name");
     }
+    run_module(L, 2, "lpattern");
     run_module(L, 2, "prelude");
     run_module(L, 2, "sandbox");
     run_module(L, 2, "study");

@@ -13,7 +13,10 @@
 --    '^' and init, gsub with a string/number/table/function replacement and
 --    a maximum) and the same errors, raised at the same moment (the native
 --    matcher reports a malformed tail only when matching reaches it) with
---    the same messages, at the caller's position.
+--    the same messages, at the caller's position (unless the caller
+--    tail-calls them: Lua drops a Lua function's caller frame then, not a
+--    C function's; rules reach them through bindings/lpattern.c's guard,
+--    a C function, so their positions are the native ones).
 --  * guarded.find/match/gmatch/gsub (present when M.c.pattern_guard is,
 --    i.e. in the engine): what rules get in place of the native functions.
 --    bindings/lpattern.c bounds the native matcher's work for each call;

@@ -147,12 +147,13 @@ end
 -- the whole state shares: its __index gets the same functions (host code
 -- calling methods stays correct: the guard is native whenever cheap; host
 -- modules call string.* through their own locals).
+local guarded = M.lpattern and M.lpattern.guarded
 local function string_library()
     local t = copy(string, "dump")
-    for k, f in next, M.lpattern.guarded do t[k] = f end
+    for k, f in next, guarded or {} do t[k] = f end
     return t
 end
-real_getmetatable("").__index = string_library()
+if guarded then real_getmetatable("").__index = string_library() end
 
 local base = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
