@@ -11,16 +11,18 @@
  * the native function, it bounds the native matcher's work for these
  * arguments (weight() below: from the pattern's backtracking items, its
  * length, its %b and back-references, and the subject's length).  Within
- * AR_PAT_CHEAP steps it calls the native C function on its own stack (so
- * results, argument errors and their wording are the native ones) after
- * charging the bound to the running call's budget; beyond, it calls slow.
- * A plain find (4th argument, or no special characters) costs at most
- * subject x needle.
+ * AR_PAT_CHEAP steps (~2 ms) it calls the native C function on its own
+ * stack, so results, argument errors and their wording are the native
+ * ones; beyond, it calls slow.  A native call whose bound passes
+ * AR_PAT_FREE is timed and its time charged to the running call's budget
+ * (the bound itself is far above what ordinary patterns cost).  A plain
+ * find (4th argument, or a pattern without special characters) is done
+ * here with memmem, linear in subject and needle (the string library's
+ * search is not), in windows between which the budget is charged.
  *
- * M.c.charge(n): count n instructions of work done in C on the rule's
- * behalf.  Once the call is over its budget or past its deadline, the count
- * hook is set to fire at the next instruction, which stops the call with
- * the usual message.  Without a hook (host code outside a rule call)
+ * Charging: once the call is over its budget or past its deadline, the
+ * count hook is set to fire at the next instruction, which stops the call
+ * with the usual message.  Without a hook (host code outside a rule call)
  * nothing is counted.
  */
 #include <string.h>
@@ -32,34 +34,54 @@
 
 /* A native call may cost this many matcher steps (~2 ms here) ... */
 #define AR_PAT_CHEAP 1e6
-/* ... and is free below this many (the VM instructions around it cost more). */
-#define AR_PAT_FREE 1e4
-/* Matcher steps per charged instruction. */
+/* ... and is neither timed nor charged below this many (~0.2 ms at worst,
+ * far less for ordinary patterns on tag values; a loop of such calls is
+ * still stopped by the deadline, checked at least every 1000 instructions). */
+#define AR_PAT_FREE 1e5
+/* gmatch's iterator runs later, untimed: its bound is charged, in matcher
+ * steps per instruction. */
 #define AR_PAT_UNITS 8
+/* Timed native work: nanoseconds per charged instruction (about what the
+ * VM takes for one). */
+#define AR_PAT_NS_PER_INSN 4
+/* Plain search: bytes per window. */
+#define AR_PAT_WINDOW ((size_t)1 << 20)
 
 enum { K_FIND, K_MATCH, K_GMATCH, K_GSUB };
 
-static void charge_n(lua_State *L, lua_Integer n)
+static double now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e9 + (double)ts.tv_nsec;
+}
+
+/* Count n instructions, the time being now (ns); returns 1 when the call
+ * must stop (the hook then fires at the next instruction). */
+static int charge_at(lua_State *L, lua_Integer n, double now)
 {
     ar_budget *b = &ar_engine_of(L)->budget;
     lua_Hook hook = lua_gethook(L);
-    struct timespec now;
 
-    if (hook == NULL || lua_gethookcount(L) <= 1)
-        return; /* no budget, or already stopping */
+    if (hook == NULL)
+        return 0; /* no budget: host code */
+    if (lua_gethookcount(L) <= 1)
+        return 1; /* already stopping */
     if (n > 0)
         b->used += n < b->limit ? n : b->limit;
-    clock_gettime(CLOCK_MONOTONIC, &now);
     if (b->used >= b->limit || (b->interrupt && *b->interrupt) ||
-        now.tv_sec > b->deadline.tv_sec ||
-        (now.tv_sec == b->deadline.tv_sec && now.tv_nsec >= b->deadline.tv_nsec))
+        now >= (double)b->deadline.tv_sec * 1e9 + (double)b->deadline.tv_nsec) {
         lua_sethook(L, hook, lua_gethookmask(L), 1);
+        return 1;
+    }
+    return 0;
 }
 
-static int charge(lua_State *L)
+/* Charge the time since t0 (ns). */
+static int charge_since(lua_State *L, double t0)
 {
-    charge_n(L, luaL_checkinteger(L, 1));
-    return 0;
+    double now = now_ns();
+    return charge_at(L, (lua_Integer)((now - t0) / AR_PAT_NS_PER_INSN), now);
 }
 
 /* The index after the single-character class at p[i] (the matcher's
@@ -154,18 +176,62 @@ static lua_Integer start_of(lua_Integer init, size_t len)
     return (lua_Integer)len + init + 1;
 }
 
+/* find(s, p, start, true) with memmem: linear in the subject and the
+ * needle.  A long subject is searched in windows, charged by their time;
+ * once the call must stop, the search ends (the hook raises before the
+ * result is seen). */
+static int plain_find(lua_State *L, const char *s, size_t ls, const char *p, size_t lp,
+                      lua_Integer start)
+{
+    size_t at = (size_t)start - 1;
+    size_t win = lp > AR_PAT_WINDOW ? lp : AR_PAT_WINDOW;
+
+    if (lp == 0) {
+        lua_pushinteger(L, start);
+        lua_pushinteger(L, start - 1);
+        return 2;
+    }
+    while (lp <= ls - at) {
+        size_t len = ls - at;
+        const char *hit;
+        double t0 = 0;
+        int timed = (double)len + (double)lp > AR_PAT_FREE;
+
+        if (len > win + lp - 1)
+            len = win + lp - 1;
+        if (timed)
+            t0 = now_ns();
+        hit = memmem(s + at, len, p, lp);
+        if (hit) {
+            if (timed)
+                charge_since(L, t0);
+            lua_pushinteger(L, (lua_Integer)(hit - s) + 1);
+            lua_pushinteger(L, (lua_Integer)(hit - s) + (lua_Integer)lp);
+            return 2;
+        }
+        if (timed && charge_since(L, t0))
+            break;
+        at += win;
+        if (at > ls)
+            break;
+    }
+    lua_pushnil(L);
+    return 1;
+}
+
 static int guard(lua_State *L)
 {
     int kind = (int)lua_tointeger(L, lua_upvalueindex(3));
     lua_CFunction native = lua_tocfunction(L, lua_upvalueindex(1));
     size_t ls, lp;
-    const char *p;
-    double m, w;
-    int nargs, plain = 0, anchored, q, nb;
+    const char *s, *p;
+    lua_Integer start = 1;
+    double m, w, t0;
+    int nargs, anchored, q, nb, nres;
 
     if (!lua_isstring(L, 1) || !lua_isstring(L, 2))
         return native(L); /* its argument error */
-    luaL_checklstring(L, 1, &ls);
+    s = luaL_checklstring(L, 1, &ls);
     p = luaL_checklstring(L, 2, &lp);
     if (kind == K_GSUB) {
         int tr = lua_type(L, 3);
@@ -179,27 +245,32 @@ static int guard(lua_State *L)
         }
         m = (double)ls;
     } else {
-        lua_Integer start = start_of(luaL_optinteger(L, 3, 1), ls);
+        start = start_of(luaL_optinteger(L, 3, 1), ls);
         nargs = kind == K_FIND ? 4 : 3;
         if (!lua_isnoneornil(L, 3)) {
             lua_pushinteger(L, start);
             lua_replace(L, 3);
         }
-        m = start > (lua_Integer)ls + 1 ? 0.0 : (double)((lua_Integer)ls - start + 1);
-        if (kind == K_FIND)
-            plain = lua_toboolean(L, 4) || no_specials(p, lp);
+        if (start > (lua_Integer)ls + 1)
+            return native(L); /* nothing to search */
+        m = (double)((lua_Integer)ls - start + 1);
+        if (kind == K_FIND && (lua_toboolean(L, 4) || no_specials(p, lp)))
+            return plain_find(L, s, ls, p, lp, start);
     }
-    if (plain) {
-        w = m * (double)lp;
-    } else {
-        anchored = kind != K_GMATCH && lp > 0 && p[0] == '^';
-        shape(p, lp, anchored ? 1 : 0, &q, &nb);
-        w = weight(m, q, nb, lp, anchored ? 0 : 1);
-    }
-    if (w <= AR_PAT_CHEAP) {
-        if (w > AR_PAT_FREE)
-            charge_n(L, (lua_Integer)(w / AR_PAT_UNITS));
+    anchored = kind != K_GMATCH && lp > 0 && p[0] == '^';
+    shape(p, lp, anchored ? 1 : 0, &q, &nb);
+    w = weight(m, q, nb, lp, anchored ? 0 : 1);
+    if (w <= AR_PAT_FREE)
         return native(L);
+    if (w <= AR_PAT_CHEAP) {
+        if (kind == K_GMATCH) {
+            charge_at(L, (lua_Integer)(w / AR_PAT_UNITS), now_ns());
+            return native(L);
+        }
+        t0 = now_ns();
+        nres = native(L);
+        charge_since(L, t0);
+        return nres;
     }
     /* Too costly for C: the Lua implementation, under the count hook. */
     lua_settop(L, nargs);
@@ -228,6 +299,4 @@ void ar_lpattern_register(lua_State *L, int t)
     t = lua_absindex(L, t);
     lua_pushcfunction(L, pattern_guard);
     lua_setfield(L, t, "pattern_guard");
-    lua_pushcfunction(L, charge);
-    lua_setfield(L, t, "charge");
 }

@@ -20,12 +20,12 @@
 --  * guarded.find/match/gmatch/gsub (present when M.c.pattern_guard is,
 --    i.e. in the engine): what rules get in place of the native functions.
 --    bindings/lpattern.c bounds the native matcher's work for each call;
---    the native function runs when that bound is small (charged to the
---    call's budget), the Lua implementation otherwise.  A plain search
---    (find's 4th argument, or a pattern without special characters) on a
---    long subject stays native, in windows of bounded cost, each charged.
--- Called with the module table M (M.c.charge and M.c.pattern_guard may be
--- absent: standalone use and tests; nothing is charged then).
+--    the native function runs when that bound is small, the Lua
+--    implementation otherwise.  A plain search (find's 4th argument, or no
+--    special characters) never comes here from the guard, which does it
+--    itself in linear time; lp.find's plain search is the native one.
+-- Called with the module table M (M.c.pattern_guard may be absent:
+-- standalone use and tests).
 local M = ...
 
 local byte, sub, char, lower, format =
@@ -34,8 +34,6 @@ local nfind, nmatch, ngmatch, ngsub = string.find, string.match, string.gmatch, 
 local type, error, pcall, pairs, tostring = type, error, pcall, pairs, tostring
 local setmetatable, getmetatable = setmetatable, getmetatable
 local concat, move, unpack = table.concat, table.move, table.unpack
-
-local charge = M and M.c and M.c.charge or function() end
 
 local lp = {}
 
@@ -495,36 +493,11 @@ local function no_specials(p)
     return not nfind(p, SPECIALS)
 end
 
--- Plain search of p in s from init (1 <= init <= #s + 1), natively, in
--- windows of at most CHEAP compared bytes, each charged.
-local CHEAP = 1000000 -- as bindings/lpattern.c's AR_PAT_CHEAP
-local UNITS = 8       -- and AR_PAT_UNITS: native steps per charged instruction
-
-local function plain_find(s, p, init)
-    local n, m = #s, #p
-    if m == 0 then return init, init - 1 end
-    local last = n - m + 1
-    local i = init
-    while i <= last do
-        local step = CHEAP // m
-        if step < 1 then step = 1 end
-        local j = i + step - 1
-        charge(((j > last and last or j) - i + 1) * m // UNITS + 1)
-        if j >= last then
-            return nfind(s, p, i, true)
-        end
-        local a = nfind(sub(s, i, j + m - 1), p, 1, true)
-        if a then return i + a - 1, i + a + m - 2 end
-        i = j + 1
-    end
-    return nil
-end
-
 local function find_aux(isfind, s, p, init, plain)
     local ls = #s
     init = posrelat(init, ls)
     if init > ls + 1 then return nil end
-    if isfind and (plain or no_specials(p)) then return plain_find(s, p, init) end
+    if isfind and (plain or no_specials(p)) then return nfind(s, p, init, true) end
     local anchor = byte(p, 1) == CARET
     local ms = new_state(s, program(p, anchor and 2 or 1), init)
     local s1 = init
