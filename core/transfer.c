@@ -8,19 +8,33 @@
  * grow with the number of items; bodies go straight from libcurl's receive
  * buffer to the file descriptor.
  *
- * With fsync on, a finished file has its writeback started at once and is
- * fsync'ed and closed a little later (a ring of AR_XFER_SYNC_RING files), so
- * the single-threaded loop seldom waits for the disk; every file is still
- * fsync'ed before close and before the run returns AR_OK.
+ * With fsync on, the loop starts the writeback of a finished file
+ * (sync_file_range SYNC_FILE_RANGE_WRITE) and hands its still-open descriptor
+ * to a second thread, the syncer, through a queue of at most
+ * AR_XFER_SYNC_QUEUE files; the syncer fsyncs and closes them in order while
+ * the transfers go on.  An fsync waits for a journal commit, and one commit
+ * carries every file changed before it, so the files that finish while the
+ * syncer waits pile up and then find little left to do: the commits batch
+ * themselves, and the loop waits for the disk only when the queue is full.
+ * The fsync is made on the descriptor that wrote the file, open since before the
+ * first write, so it reports any writeback error (EIO, ENOSPC) met since; a
+ * file reopened for its fsync could miss one if its inode left the cache in
+ * between.  The first failure fails the run with the file's path.  Every
+ * file is fsync'ed before the run returns AR_OK; open descriptors stay
+ * bounded (slots + queue) whatever the number of files.  If the thread cannot
+ * be started, each file is fsync'ed in the loop instead.
  *
  * The first failure stops the run: every transfer still going is dropped,
- * every open file closed, and the first error is returned.
+ * every open file closed (queued ones without their fsync), and the first
+ * error is returned.
  */
 #include "transfer.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,12 +49,28 @@
 #define AR_XFER_BUFSIZE (256L * 1024)
 /* Longest wait in curl_multi_poll, so the stop flag is seen in time. */
 #define AR_XFER_POLL_MS 200
-/* With fsync on, finished files wait (open, writeback started) in a ring of
- * this many before their fsync, so the fsync rarely has to wait for the disk
- * and never stalls the transfers for long. */
-#define AR_XFER_SYNC_RING 32
+/* With fsync on, at most this many finished files wait (open, writeback
+ * started) for the syncer thread; the loop blocks only when it is full. */
+#define AR_XFER_SYNC_QUEUE 64
 
 typedef struct xfer xfer;
+
+/* Finished files on their way to fsync + close (fsync on only).  Everything
+ * but `thread` and `started` is guarded by mu. */
+typedef struct syncer {
+    pthread_t thread;
+    int started;          /* the thread runs; 0 = fsync in the loop */
+    pthread_mutex_t mu;
+    pthread_cond_t more;  /* a file was queued, or closing was set */
+    pthread_cond_t room;  /* a file left the queue */
+    int fd[AR_XFER_SYNC_QUEUE];
+    size_t idx[AR_XFER_SYNC_QUEUE];
+    size_t head, len;
+    int closing;          /* no more files: drain the queue and end */
+    int abandon;          /* failed run: close what is left without fsync */
+    int rc;               /* first fsync/close failure */
+    char err[PATH_MAX + 512];
+} syncer;
 
 typedef struct slot {
     xfer *x;
@@ -69,10 +99,7 @@ struct xfer {
     size_t done;
     long long bytes;
     long requests;
-    /* finished files waiting for their fsync (fsync on only) */
-    int ring_fd[AR_XFER_SYNC_RING];
-    size_t ring_idx[AR_XFER_SYNC_RING];
-    size_t ring_head, ring_len;
+    syncer sync;          /* fsync on only */
 };
 
 /* Folder path of dir_fd for messages ("/storage/rule/x.WORKING"), or "". */
@@ -217,28 +244,117 @@ static int sync_close(xfer *x, int fd, size_t idx, char *err, size_t errlen)
     return rc;
 }
 
-/* fsync and close the oldest file of the ring. */
-static int ring_pop(xfer *x, char *err, size_t errlen)
+/* The syncer thread: fsync and close queued files in order until closing
+ * is set and the queue is empty.  After a failure (its own, or the run's:
+ * abandon) it only closes. */
+static void *syncer_main(void *ud)
 {
-    int fd = x->ring_fd[x->ring_head];
-    size_t idx = x->ring_idx[x->ring_head];
-    x->ring_head = (x->ring_head + 1) % AR_XFER_SYNC_RING;
-    x->ring_len--;
-    return sync_close(x, fd, idx, err, errlen);
+    xfer *x = ud;
+    syncer *q = &x->sync;
+    char err[sizeof(q->err)];
+
+    pthread_mutex_lock(&q->mu);
+    for (;;) {
+        while (q->len == 0 && !q->closing)
+            pthread_cond_wait(&q->more, &q->mu);
+        if (q->len == 0)
+            break;
+        int fd = q->fd[q->head];
+        size_t idx = q->idx[q->head];
+        q->head = (q->head + 1) % AR_XFER_SYNC_QUEUE;
+        q->len--;
+        int skip = q->abandon || q->rc;
+        pthread_cond_signal(&q->room);
+        pthread_mutex_unlock(&q->mu);
+
+        int rc = AR_OK;
+        if (skip)
+            close(fd);
+        else
+            rc = sync_close(x, fd, idx, err, sizeof(err));
+
+        pthread_mutex_lock(&q->mu);
+        if (rc && !q->rc) {
+            q->rc = rc;
+            snprintf(q->err, sizeof(q->err), "%s", err);
+        }
+    }
+    pthread_mutex_unlock(&q->mu);
+    return NULL;
 }
 
-/* Hand a finished file over to the ring (it owns fd from now on). */
-static int ring_push(xfer *x, int fd, size_t idx, char *err, size_t errlen)
+/* Start the syncer (fsync on).  If the thread cannot be started the run
+ * goes on with q->started = 0: files are fsync'ed in the loop. */
+static int syncer_start(xfer *x, char *err, size_t errlen)
 {
-    int rc = AR_OK;
-    if (x->ring_len == AR_XFER_SYNC_RING)
-        rc = ring_pop(x, err, errlen);
-    /* start the writeback now; the fsync later then has little left to do */
+    syncer *q = &x->sync;
+    sigset_t all, old;
+
+    if (pthread_mutex_init(&q->mu, NULL) != 0)
+        return ar_seterr(err, errlen, AR_ENOMEM, "transfer: cannot create a mutex");
+    if (pthread_cond_init(&q->more, NULL) != 0) {
+        pthread_mutex_destroy(&q->mu);
+        return ar_seterr(err, errlen, AR_ENOMEM, "transfer: cannot create a condition");
+    }
+    if (pthread_cond_init(&q->room, NULL) != 0) {
+        pthread_cond_destroy(&q->more);
+        pthread_mutex_destroy(&q->mu);
+        return ar_seterr(err, errlen, AR_ENOMEM, "transfer: cannot create a condition");
+    }
+    /* signals stay with the threads that were there before */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    q->started = pthread_create(&q->thread, NULL, syncer_main, x) == 0;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return AR_OK;
+}
+
+/* Hand a finished file to the syncer (it owns fd from now on); waits while
+ * the queue is full.  Returns the syncer's first failure, if any. */
+static int syncer_push(xfer *x, int fd, size_t idx, char *err, size_t errlen)
+{
+    syncer *q = &x->sync;
+
+    /* start the writeback now; the fsync then has little left to do */
     (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
-    size_t at = (x->ring_head + x->ring_len) % AR_XFER_SYNC_RING;
-    x->ring_fd[at] = fd;
-    x->ring_idx[at] = idx;
-    x->ring_len++;
+    if (!q->started)
+        return sync_close(x, fd, idx, err, errlen);
+    pthread_mutex_lock(&q->mu);
+    while (q->len == AR_XFER_SYNC_QUEUE)
+        pthread_cond_wait(&q->room, &q->mu);
+    size_t at = (q->head + q->len) % AR_XFER_SYNC_QUEUE;
+    q->fd[at] = fd;
+    q->idx[at] = idx;
+    q->len++;
+    pthread_cond_signal(&q->more);
+    int rc = q->rc;
+    if (rc)
+        ar_seterr(err, errlen, rc, "%s", q->err);
+    pthread_mutex_unlock(&q->mu);
+    return rc;
+}
+
+/* Stop the syncer: after a good run, wait until every queued file is
+ * fsync'ed and closed and return the first failure; after a failed run
+ * (abandon), close the queued files without fsync and return AR_OK. */
+static int syncer_stop(xfer *x, int abandon, char *err, size_t errlen)
+{
+    syncer *q = &x->sync;
+    int rc;
+
+    if (!q->started)
+        return AR_OK;
+    pthread_mutex_lock(&q->mu);
+    q->closing = 1;
+    if (abandon)
+        q->abandon = 1;
+    pthread_cond_signal(&q->more);
+    pthread_mutex_unlock(&q->mu);
+    pthread_join(q->thread, NULL);
+    q->started = 0;
+    rc = abandon ? AR_OK : q->rc;
+    if (rc)
+        ar_seterr(err, errlen, rc, "%s", q->err);
     return rc;
 }
 
@@ -294,7 +410,7 @@ static int slot_finish(xfer *x, slot *s, CURLcode cc, char *err, size_t errlen)
     int fd = s->fd;
     s->fd = -1;
     if (x->o->fsync)
-        rc = ring_push(x, fd, s->idx, err, errlen);
+        rc = syncer_push(x, fd, s->idx, err, errlen);
     else
         rc = sync_close(x, fd, s->idx, err, errlen);
     if (rc)
@@ -349,6 +465,7 @@ int ar_transfer_run(ar_http *h, int dir_fd, const ar_transfer_item *items, size_
 {
     xfer x;
     int rc = AR_ERR;
+    int sync_init = 0;
 
     memset(&x, 0, sizeof(x));
     if (res)
@@ -385,6 +502,12 @@ int ar_transfer_run(ar_http *h, int dir_fd, const ar_transfer_item *items, size_
         rc = setup_slot(&x, &x.slots[i], err, errlen);
         if (rc)
             goto out;
+    }
+    if (o->fsync) {
+        rc = syncer_start(&x, err, errlen);
+        if (rc)
+            goto out;
+        sync_init = 1;
     }
     for (size_t i = 0; i < x.nslots && x.next < n; i++) {
         rc = slot_start(&x, &x.slots[i], err, errlen);
@@ -424,11 +547,9 @@ int ar_transfer_run(ar_http *h, int dir_fd, const ar_transfer_item *items, size_
             }
         }
         if (x.active == 0 && x.next >= n) {
-            while (x.ring_len) {
-                rc = ring_pop(&x, err, errlen);
-                if (rc)
-                    goto out;
-            }
+            rc = syncer_stop(&x, 0, err, errlen);
+            if (rc)
+                goto out;
             break;
         }
         mc = curl_multi_poll(x.multi, NULL, 0, AR_XFER_POLL_MS, NULL);
@@ -450,10 +571,11 @@ out:
         }
         free(x.slots);
     }
-    while (x.ring_len) {  /* failed run: just close */
-        close(x.ring_fd[x.ring_head]);
-        x.ring_head = (x.ring_head + 1) % AR_XFER_SYNC_RING;
-        x.ring_len--;
+    if (sync_init) {
+        syncer_stop(&x, 1, NULL, 0);  /* failed run: just close */
+        pthread_cond_destroy(&x.sync.room);
+        pthread_cond_destroy(&x.sync.more);
+        pthread_mutex_destroy(&x.sync.mu);
     }
     if (x.multi)
         curl_multi_cleanup(x.multi);

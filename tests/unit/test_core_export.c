@@ -833,6 +833,140 @@ static void test_export(const server *srv, const server *plain)
     ar_http_free(watcher);
 }
 
+/* ---- transfers with fsync ------------------------------------------------------ */
+
+/* Open descriptors of this process. */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return -1;
+    int n = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (de->d_name[0] != '.')
+            n++;
+    closedir(d);
+    return n - 1;  /* the one opendir holds */
+}
+
+#define FSYNC_N 300  /* several times the transfer's fsync queue */
+typedef struct many {
+    char ids[FSYNC_N][48];
+    char urls[FSYNC_N][80];
+    char rels[FSYNC_N][48];
+    size_t sizes[FSYNC_N];
+    ar_transfer_item items[FSYNC_N];
+} many;
+
+/* FSYNC_N small files "ok-<size>-<tag><i>" in two folders a/ and b/. */
+static void many_make(many *m, const char *tag)
+{
+    for (size_t i = 0; i < FSYNC_N; i++) {
+        m->sizes[i] = 1 + (i * 37) % 3000;
+        snprintf(m->ids[i], sizeof(m->ids[i]), "ok-%zu-%s%zu", m->sizes[i], tag, i);
+        snprintf(m->urls[i], sizeof(m->urls[i]), "/instances/%s/file", m->ids[i]);
+        snprintf(m->rels[i], sizeof(m->rels[i]), "%s/%zu.dcm", i % 2 ? "a" : "b", i);
+        m->items[i].url_path = m->urls[i];
+        m->items[i].rel_path = m->rels[i];
+        m->items[i].expected_size = (long long)m->sizes[i];
+    }
+}
+
+static void stop_at_100(void *ud, size_t done, size_t total, long long bytes)
+{
+    (void)total;
+    (void)bytes;
+    if (done == 100)
+        *(volatile sig_atomic_t *)ud = 1;
+}
+
+/* A fresh folder g_tmp/<rel> with a/ and b/ inside; its fd, or -1. */
+static int fresh_dir(const char *rel)
+{
+    char sub[128];
+    mkdir_rel(rel);
+    snprintf(sub, sizeof(sub), "%s/a", rel);
+    mkdir_rel(sub);
+    snprintf(sub, sizeof(sub), "%s/b", rel);
+    mkdir_rel(sub);
+    char p[PATH_MAX];
+    pathf(p, sizeof(p), "%s/%s", rel);
+    return open(p, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+}
+
+static void test_transfer_fsync(const server *srv)
+{
+    char err[1024];
+    ar_http *h = NULL;
+    ar_transfer_result tr;
+    many *m = calloc(1, sizeof(*m));
+    ar_http_opts ho = { .base_url = srv->base, .username = "orthanc", .password = PASSWORD,
+                        .timeout_s = 10 };
+    if (!m || ar_http_new(&ho, &h, err, sizeof(err)) != AR_OK) {
+        CHECK(0, "fsync test setup: %s", err);
+        free(m);
+        return;
+    }
+    ar_transfer_opts to = { .max_connections = 4, .fsync = 1 };
+
+    /* success, 4 connections and 1: every file complete, nothing left open */
+    for (int conns = 4; conns >= 1; conns -= 3) {
+        char rel[32];
+        snprintf(rel, sizeof(rel), "fs-ok%d", conns);
+        many_make(m, conns == 4 ? "f" : "g");
+        to.max_connections = conns;
+        int dfd = fresh_dir(rel);
+        int fds0 = count_fds();
+        int rc = ar_transfer_run(h, dfd, m->items, FSYNC_N, &to, &tr, err, sizeof(err));
+        int fds1 = count_fds();
+        CHECK(rc == AR_OK, "fsync run, %d connection(s): %s", conns, err);
+        CHECK_INT(tr.files, FSYNC_N);
+        CHECK_INT(fds1, fds0);
+        int exact = 1;
+        for (size_t i = 0; i < FSYNC_N; i++) {
+            char path[128];
+            snprintf(path, sizeof(path), "%s/%s", rel, m->rels[i]);
+            if (!file_matches(path, m->ids[i], m->sizes[i])) {
+                fprintf(stderr, "# mismatch: %s\n", path);
+                exact = 0;
+            }
+        }
+        CHECK(exact, "fsync run, %d connection(s): every file byte-exact", conns);
+        close(dfd);
+    }
+    to.max_connections = 4;
+
+    /* a failure late in the run: the error is the failed file's, and the
+     * files queued for fsync are closed too */
+    many_make(m, "h");
+    snprintf(m->urls[250], sizeof(m->urls[250]), "/instances/missing-x/file");
+    int dfd = fresh_dir("fs-fail");
+    int fds0 = count_fds();
+    int rc = ar_transfer_run(h, dfd, m->items, FSYNC_N, &to, &tr, err, sizeof(err));
+    CHECK_INT(rc, AR_ENOTFOUND);
+    CHECK(strstr(err, "/instances/missing-x/file") != NULL, "fsync run failure named: %s", err);
+    CHECK_INT(count_fds(), fds0);
+    close(dfd);
+
+    /* stopped with files in the queue: all closed */
+    volatile sig_atomic_t stop = 0;
+    many_make(m, "i");
+    to.stop = &stop;
+    to.progress = stop_at_100;
+    to.progress_ud = (void *)&stop;
+    dfd = fresh_dir("fs-stop");
+    fds0 = count_fds();
+    rc = ar_transfer_run(h, dfd, m->items, FSYNC_N, &to, &tr, err, sizeof(err));
+    CHECK_INT(rc, AR_ESTOP);
+    CHECK(tr.files >= 100 && tr.files < FSYNC_N, "stopped after %zu files", tr.files);
+    CHECK_INT(count_fds(), fds0);
+    close(dfd);
+
+    ar_http_free(h);
+    free(m);
+}
+
 /* Write errors: a file size limit (works for root too) and, when not root,
  * a read-only storage folder.  The export runs in a child so the limit does
  * not hit the test process. */
@@ -946,6 +1080,7 @@ int main(void)
     if (ok_auth && ok_plain) {
         test_http(&plain, &auth);
         test_export(&auth, &plain);
+        test_transfer_fsync(&auth);
         test_export_write_errors(&auth);
     }
     server_stop(&auth);
