@@ -480,6 +480,8 @@ def test_runtime_packages_cover_binary():
     where = dict(re.findall(r"^\s*(\S+)\s+=>\s+(\S+)", ldd, re.M))
     problems = []
     for soname in needed:
+        if re.match(r"lib(a|ub|t|l)san\.so", soname):
+            continue  # a sanitizer build of the tests: the image is built without them
         path = where.get(soname)
         if not path:
             problems.append("%s not found by ldd" % soname)
