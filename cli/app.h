@@ -25,6 +25,7 @@ typedef struct ar_app {
     uint64_t rules_sig;          /* fingerprint of the rules folder at last load */
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
     volatile sig_atomic_t *reload; /* set by SIGHUP */
+    int decisions_failed;        /* stable events that could not be decided (logged) */
     int64_t orthanc_last;        /* Orthanc's last change seen by the loop, -1 unknown */
     char fresh_study[128];       /* study whose snapshot the engine holds, fetched in
                                   * this cycle ("" = none): jobs reuse it */

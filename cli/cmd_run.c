@@ -47,7 +47,9 @@ int ar_cmd_run(int argc, char **argv)
                st.jobs_failed, st.jobs_gone);
     else
         ar_log(AR_LOG_INFO, "stop", NULL, "stopped");
-    code = (rc || st.jobs_failed) && once ? AR_EXIT_FAIL : AR_EXIT_OK;
+    /* --once: a job that failed, or a stable study that could not even be
+     * decided (an answer of the wrong shape), makes the pass a failure */
+    code = (rc || st.jobs_failed || a.decisions_failed) && once ? AR_EXIT_FAIL : AR_EXIT_OK;
 out:
     ar_app_close(&a);
     return code;

@@ -327,9 +327,14 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
                     stop_batch = 1;
                     break;
                 } else if (drc) {
-                    ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
-                    ar_log(AR_LOG_ERROR, "study.skipped", &f, "%s %s: %s", c->resource_type,
+                    /* the series' id is not a study id: keep the study field honest */
+                    int is_study = strcmp(c->resource_type, "Study") == 0;
+                    ar_log_fields f = {.study = is_study ? c->id : NULL, .bytes = -1,
+                                       .seconds = -1};
+                    ar_log(AR_LOG_ERROR, "study.skipped", &f,
+                           "%s %s could not be decided and is skipped: %s", c->resource_type,
                            c->id, derr);
+                    a->decisions_failed++;
                 }
             }
             if (strcmp(c->change_type, "NewStudy") == 0 ||
