@@ -107,39 +107,51 @@ static size_t class_end(const char *p, size_t n, size_t i)
     return i;
 }
 
-/* The pattern's backtracking items (q: * + - ?) and items costing O(n) per
- * visit (nb: %b, back-references), read from p[i]. */
-static void shape(const char *p, size_t n, size_t i, int *q, int *nb)
+/* The pattern's shape, read from p[i]: q backtracking items (* + - ?), nb
+ * items costing O(n) per visit (%b, back-references), and trail = 1 when
+ * the last backtracking item is followed by nothing but captures opening
+ * or closing.  Its first try then always completes the match (the longest
+ * run for * and +, the empty one for -, the character for ?), so it does
+ * not branch: it is not counted in q, and its scan is paid once per match. */
+static void shape(const char *p, size_t n, size_t i, int *q, int *nb, int *trail)
 {
-    *q = *nb = 0;
+    *q = *nb = *trail = 0;
     while (i < n) {
         char c = p[i], e = i + 1 < n ? p[i + 1] : '\0';
         size_t ep;
 
         if (c == '(') {
             i += e == ')' ? 2 : 1;
-        } else if (c == ')') {
+            continue;
+        }
+        if (c == ')') {
             i++;
-        } else if (c == '%' && e == 'b') {
+            continue;
+        }
+        *trail = 0;
+        if (c == '%' && e == 'b') {
             (*nb)++;
             i += 4;
         } else if (c == '%' && e == 'f') {
             if (i + 2 >= n || p[i + 2] != '[' || !(ep = class_end(p, n, i + 2)))
-                return;
+                break;
             i = ep;
         } else if (c == '%' && e >= '0' && e <= '9') {
             (*nb)++;
             i += 2;
         } else {
             if (!(ep = class_end(p, n, i)))
-                return;
+                break;
             if (ep < n && (p[ep] == '*' || p[ep] == '+' || p[ep] == '-' || p[ep] == '?')) {
                 (*q)++;
+                *trail = 1;
                 ep++;
             }
             i = ep;
         }
     }
+    if (*trail)
+        (*q)--;
 }
 
 static int no_specials(const char *p, size_t n)
@@ -155,15 +167,17 @@ static int no_specials(const char *p, size_t n)
  * backtracking items and the start position (free = 1 when every start is
  * tried) share at most n bytes between them, so the search tree has at
  * most C(n + k + 1, k) nodes, k = q + free; each node does at most
- * len + nb * n work (a set test costs up to its length). */
-static double weight(double n, int q, int nb, size_t len, int free)
+ * len + nb * n work (a set test costs up to its length).  A trailing item
+ * (shape()) scans each byte at most once more: successive matches of gsub
+ * and gmatch start where the previous one ended. */
+static double weight(double n, int q, int nb, int trail, size_t len, int free)
 {
     double w = (double)len + 1.0 + nb * n;
     int k = q + free, j;
 
     for (j = 1; j <= k && w <= 1e18; j++)
         w = w * (n + 1 + j) / j;
-    return w;
+    return w + trail * (n + 1);
 }
 
 /* posrelatI: the 1-based start of init on a subject of len bytes. */
@@ -227,7 +241,7 @@ static int guard(lua_State *L)
     const char *s, *p;
     lua_Integer start = 1;
     double m, w, t0;
-    int nargs, anchored, q, nb, nres;
+    int nargs, anchored, q, nb, trail, nres;
 
     if (!lua_isstring(L, 1) || !lua_isstring(L, 2))
         return native(L); /* its argument error */
@@ -258,8 +272,8 @@ static int guard(lua_State *L)
             return plain_find(L, s, ls, p, lp, start);
     }
     anchored = kind != K_GMATCH && lp > 0 && p[0] == '^';
-    shape(p, lp, anchored ? 1 : 0, &q, &nb);
-    w = weight(m, q, nb, lp, anchored ? 0 : 1);
+    shape(p, lp, anchored ? 1 : 0, &q, &nb, &trail);
+    w = weight(m, q, nb, trail, lp, anchored ? 0 : 1);
     if (w <= AR_PAT_FREE)
         return native(L);
     if (w <= AR_PAT_CHEAP) {

@@ -112,7 +112,7 @@ end
 
 -- The set "[...]" at p[a] .. p[ec] (p[ec] == "]"): union of its chars,
 -- ranges and classes, complemented after "^".
-local function bracket_set(p, a, ec)
+local function make_bracket_set(p, a, ec)
     local t, neg = {}, false
     local i = a + 1
     if byte(p, i) == CARET then
@@ -139,6 +139,22 @@ local function bracket_set(p, a, ec)
         if not t[c] then u[c] = true end
     end
     return u
+end
+
+-- Sets by their text (a set is up to 256 entries: share them), a bounded
+-- cache.
+local SETS, nsets = {}, 0
+local function bracket_set(p, a, ec)
+    local key = sub(p, a, ec)
+    local t = SETS[key]
+    if t then return t end
+    t = make_bracket_set(p, a, ec)
+    if #key <= 64 then
+        if nsets >= 128 then SETS, nsets = {}, 0 end
+        SETS[key] = t
+        nsets = nsets + 1
+    end
+    return t
 end
 
 -- ---- compiling a pattern ------------------------------------------------------------
@@ -240,7 +256,8 @@ local function compile(p, from)
     return prog
 end
 
--- Compiled programs of short patterns, by pattern and start index.
+-- Compiled programs of short patterns, by pattern and start index (a
+-- bounded cache: the engine's memory is shared by every rule).
 local PROGS, nprogs = { {}, {} }, 0
 local function program(p, from)
     local cache = PROGS[from]
@@ -248,7 +265,7 @@ local function program(p, from)
     if prog then return prog end
     prog = compile(p, from)
     if #p <= 256 then
-        if nprogs >= 256 then
+        if nprogs >= 64 then
             PROGS, nprogs = { {}, {} }, 0
             cache = PROGS[from]
         end
@@ -268,7 +285,7 @@ end
 
 -- The subject's bytes from index `from` on, as a table (nil past the end).
 -- Huge subjects are read through string.byte instead of being copied.
-local BIG = 1 << 20
+local BIG = 1 << 18
 local function subject_bytes(s, from)
     local n = #s
     if n - from > BIG then

@@ -134,6 +134,10 @@ local cases = {
     { "gsub", "abc", "%w", function(c) return c == "b" and 2.5 or nil end }, { "gsub", "abc", "x*", "-" },
     { "gsub", "a b c", " ", "%%" }, { "gsub", "abc", "^(a)", "%1%1" }, { "gsub", "abc", "(", "x" },
     { "gsub", "", "", "e" }, { "gsub", "abc", "b", "%\0" }, { "gsub", "abc", "a", "x%" },
+    -- subjects longer than lpattern copies into a table (read through string.byte)
+    { "find", ("ab"):rep(150000) .. "c", "(a)(b)c" }, { "match", ("ab"):rep(150000) .. "c", "%f[c]." },
+    { "find", ("ab"):rep(150000), "b", -3 }, { "gsub", ("ab"):rep(140000), "ba", "x" },
+    { "match", ("ab"):rep(140000) .. "(x)", "%b()" },
 }
 for _, c in ipairs(cases) do compare(c[1], c[2], c[3], c[4], c[5]) end
 
