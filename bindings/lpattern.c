@@ -11,7 +11,7 @@
  * the native function, it bounds the native matcher's work for these
  * arguments (weight() below: from the pattern's backtracking items, its
  * length, its %b and back-references, and the subject's length).  Within
- * AR_PAT_CHEAP steps (~2 ms) it calls the native C function on its own
+ * AR_PAT_CHEAP steps (~3 ms) it calls the native C function on its own
  * stack, so results, argument errors and their wording are the native
  * ones; beyond, it calls slow.  A native call whose bound passes
  * AR_PAT_FREE is timed and its time charged to the running call's budget
@@ -32,9 +32,11 @@
 
 #include "engine_int.h"
 
-/* A native call may cost this many matcher steps (~2 ms here) ... */
+/* Steps a node of the matcher's search costs beyond its set tests. */
+#define AR_PAT_NODE 8.0
+/* A native call may cost this many steps (~3 ms here) ... */
 #define AR_PAT_CHEAP 1e6
-/* ... and is neither timed nor charged below this many (~0.2 ms at worst,
+/* ... and is neither timed nor charged below this many (~0.3 ms at worst,
  * far less for ordinary patterns on tag values; a loop of such calls is
  * still stopped by the deadline, checked at least every 1000 instructions). */
 #define AR_PAT_FREE 1e5
@@ -167,17 +169,18 @@ static int no_specials(const char *p, size_t n)
  * backtracking items and the start position (free = 1 when every start is
  * tried) share at most n bytes between them, so the search tree has at
  * most C(n + k + 1, k) nodes, k = q + free; each node does at most
- * len + nb * n work (a set test costs up to its length).  A trailing item
- * (shape()) scans each byte at most once more: successive matches of gsub
+ * len + nb * n work (a set test costs up to its length) plus the call
+ * and, per start, gsub's and gmatch's bookkeeping (AR_PAT_NODE).  A trailing item
+ * (shape()) tests each byte at most once more: successive matches of gsub
  * and gmatch start where the previous one ended. */
 static double weight(double n, int q, int nb, int trail, size_t len, int free)
 {
-    double w = (double)len + 1.0 + nb * n;
+    double w = (double)len + AR_PAT_NODE + nb * n;
     int k = q + free, j;
 
     for (j = 1; j <= k && w <= 1e18; j++)
         w = w * (n + 1 + j) / j;
-    return w + trail * (n + 1);
+    return w + trail * (n + 1) * ((double)len + 1.0);
 }
 
 /* posrelatI: the 1-based start of init on a subject of len bytes. */
