@@ -169,17 +169,17 @@ static int no_specials(const char *p, size_t n)
 }
 
 /* An upper bound of the native matcher's steps on n subject bytes.  The
- * backtracking items and the start position (free = 1 when every start is
- * tried) share at most n bytes between them, so the search tree has at
- * most C(n + k + 1, k) nodes, k = q + free; each node does at most
- * len + nb * n work (a set test costs up to its length) plus the call
- * and, per start, gsub's and gmatch's bookkeeping (AR_PAT_NODE).  A trailing item
- * (shape()) tests each byte at most once more: successive matches of gsub
- * and gmatch start where the previous one ended. */
-static double weight(double n, int q, int nb, int trail, size_t len, int free)
+ * backtracking items and the start position (every_start = 1 when each
+ * is tried) share at most n bytes between them, so the search tree has at
+ * most C(n + k + 1, k) nodes, k = q + every_start; each node does at most
+ * len + nb * n work (a set test costs up to its length) plus the call and,
+ * per start, gsub's and gmatch's bookkeeping (AR_PAT_NODE).  A trailing
+ * item (shape()) tests each byte at most once more: successive matches of
+ * gsub and gmatch start where the previous one ended. */
+static double weight(double n, int q, int nb, int trail, size_t len, int every_start)
 {
     double w = (double)len + AR_PAT_NODE + nb * n;
-    int k = q + free, j;
+    int k = q + every_start, j;
 
     for (j = 1; j <= k && w <= 1e18; j++)
         w = w * (n + 1 + j) / j;
@@ -287,6 +287,8 @@ static int guard(lua_State *L)
             charge_at(L, (lua_Integer)(w / AR_PAT_UNITS), now_ns());
             return native(L);
         }
+        /* (gsub's replacement function is timed too, though the hook
+         * counts its instructions: charged at most twice) */
         t0 = now_ns();
         nres = native(L);
         charge_since(L, t0);
