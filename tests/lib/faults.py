@@ -632,9 +632,10 @@ def readonly_namespace(folder):
                           f"mount -o remount,bind,ro '{folder}'")
 
 
-class PrefixedDaemon:
+class PrefixedDaemon(h.Daemon):
     """`autorthanc ARGS` in the background behind a command prefix (nsenter)
-    and/or a preexec_fn; the same interface as harness.Daemon."""
+    and/or a preexec_fn; harness.Daemon's interface (stderr, stdout, alive,
+    stop) is inherited, only the start differs."""
 
     def __init__(self, args, env, cwd, prefix=(), preexec_fn=None):
         self.dir = cwd
@@ -654,28 +655,6 @@ class PrefixedDaemon:
             self.proc = subprocess.Popen(list(prefix) + [exe] + self.args, cwd=cwd,
                                          env=_clean_env(env, cwd), stdin=subprocess.DEVNULL,
                                          stdout=o, stderr=e, preexec_fn=pre)
-
-    def stderr(self):
-        with open(self.err_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stdout(self):
-        with open(self.out_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def alive(self):
-        return self.proc.poll() is None
-
-    def stop(self, sig=signal.SIGTERM, timeout=15):
-        if self.proc.poll() is not None:
-            return self.proc.returncode
-        self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
 
 
 def kill_orthanc(o):
