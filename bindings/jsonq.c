@@ -111,14 +111,6 @@ int ar_jsonq_get(const char *body, size_t len, const char *path, char *out, size
                      err, errlen);
 }
 
-int ar_jsonq_get_dup(const char *body, size_t len, const char *path, char **out, char *err,
-                     size_t errlen)
-{
-    *out = NULL;
-    return run_chunk(jsonq_chunk, body ? body : "", body ? len : 0, path, NULL, 0, out, err,
-                     errlen);
-}
-
 int ar_jsonq_list(const char *body, size_t len, const char *path, char ***items, size_t *n,
                   char *err, size_t errlen)
 {

@@ -15,10 +15,6 @@
 int ar_jsonq_get(const char *body, size_t len, const char *path, char *out, size_t outlen,
                  char *err, size_t errlen);
 
-/* Same, any length: *out malloc'ed. */
-int ar_jsonq_get_dup(const char *body, size_t len, const char *path, char **out, char *err,
-                     size_t errlen);
-
 /* The list of strings at path ("" = the top level), or of the "ID" fields
  * of a list of objects.  *items is one malloc'ed block (free(*items)),
  * NULL-terminated. */

@@ -159,25 +159,19 @@ int ar_cmd_backtest(int argc, char **argv)
 
     ar_progress_start(&prog, "backtest");
     for (size_t s = 0; s < nstudies; s++) {
-        ar_study_answers ans;
         ar_verdict *v = NULL;
         size_t nv = 0;
         ar_progress_draw(&prog, s, nstudies, -1, -1, s == 0);
-        rc = ar_orthanc_fetch_study(a.http, studies[s], &ans, err, sizeof err);
+        rc = ar_app_load_study(&a, studies[s], err, sizeof err);
         if (rc == AR_ENOTFOUND) { /* deleted meanwhile */
             skipped++;
             continue;
         }
-        if (rc || ar_engine_set_study(a.engine, ans.study.data, ans.study.len, ans.series.data,
-                                      ans.series.len, ans.instances.data, ans.instances.len, err,
-                                      sizeof err)) {
+        if (rc) {
             ar_progress_end(&prog);
             fprintf(stderr, "autorthanc backtest: study %s: %s\n", studies[s], err);
-            if (!rc)
-                ar_study_answers_free(&ans);
             goto out;
         }
-        ar_study_answers_free(&ans);
         if (ar_engine_evaluate(a.engine, NULL, 1, &v, &nv, err, sizeof err)) {
             ar_progress_end(&prog);
             fprintf(stderr, "autorthanc backtest: study %s: %s\n", studies[s], err);

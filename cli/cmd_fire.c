@@ -74,14 +74,12 @@ int ar_cmd_fire(int argc, char **argv)
     const char *config = NULL, *rule_name = NULL, *ref = NULL;
     int code = AR_EXIT_USAGE;
     char err[2048] = "", study_id[128];
-    ar_study_answers ans;
     ar_verdict *v = NULL;
     ar_job *jobs = NULL, *listed = NULL;
     size_t nv = 0, njobs = 0, nlisted = 0, *idx = NULL, nidx = 0;
     ar_app a;
 
     memset(&a, 0, sizeof a);
-    memset(&ans, 0, sizeof ans);
     for (int i = 1; i < argc; i++) {
         const char *s = argv[i];
         if (!strcmp(s, "--help") || !strcmp(s, "-h")) {
@@ -122,14 +120,12 @@ int ar_cmd_fire(int argc, char **argv)
         goto out;
     }
     code = AR_EXIT_FAIL;
-    if (ar_tool_fetch_study(&a, ref, &ans, err, sizeof err) ||
-        ar_engine_set_study(a.engine, ans.study.data, ans.study.len, ans.series.data,
-                            ans.series.len, ans.instances.data, ans.instances.len, err,
-                            sizeof err)) {
+    /* the jobs below reuse this snapshot (ar_app_load_study) */
+    if (ar_tool_resolve_study(&a, ref, study_id, sizeof study_id, err, sizeof err) ||
+        ar_app_load_study(&a, study_id, err, sizeof err)) {
         fprintf(stderr, "autorthanc fire: %s\n", err);
         goto out;
     }
-    snprintf(study_id, sizeof study_id, "%s", ar_engine_study_id(a.engine));
 
     /* decide */
     if (rule_name) {
@@ -248,7 +244,6 @@ out:
     free(jobs);
     free(v);
     free(idx);
-    ar_study_answers_free(&ans);
     ar_app_close(&a);
     return code;
 }

@@ -83,30 +83,6 @@ static int make_dirs(const char *path, char *err, size_t errlen)
     return AR_OK;
 }
 
-/* The engine's current snapshot, reused for the next stable events of the
- * same study within one pass over the log: deciding a study costs the same
- * requests whether it has 1 series or 50. */
-typedef struct snap_cache {
-    int valid;
-    char study_id[128];
-    char *series_ids; /* the study answer's "Series" list, JSON-encoded */
-} snap_cache;
-
-static void snap_clear(snap_cache *sc)
-{
-    free(sc->series_ids);
-    memset(sc, 0, sizeof *sc);
-}
-
-static int snap_has_series(const snap_cache *sc, const char *series_id)
-{
-    char quoted[160];
-    if (!sc || !sc->valid || !sc->series_ids)
-        return 0;
-    snprintf(quoted, sizeof quoted, "\"%s\"", series_id);
-    return strstr(sc->series_ids, quoted) != NULL;
-}
-
 /* Does any usable rule decide at this level ("study" / "series")? */
 static int rules_at(ar_app *a, const char *level)
 {
@@ -119,44 +95,15 @@ static int rules_at(ar_app *a, const char *level)
     return 0;
 }
 
-/* Make study_id the engine's current snapshot (3 requests) unless the cache
- * says it already is. */
-static int load_snapshot(ar_app *a, const char *study_id, snap_cache *sc, char *err,
-                         size_t errlen)
-{
-    ar_study_answers ans = {0};
-    int rc;
-    if (sc && sc->valid && strcmp(sc->study_id, study_id) == 0)
-        return AR_OK;
-    if (sc)
-        snap_clear(sc);
-    if ((rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen)))
-        goto out;
-    if ((rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
-                                  ans.series.len, ans.instances.data, ans.instances.len, err,
-                                  errlen)))
-        goto out;
-    snprintf(a->fresh_study, sizeof a->fresh_study, "%s", study_id);
-    if (sc) {
-        char *list = NULL;
-        if (ar_jsonq_get_dup(ans.study.data, ans.study.len, "Series", &list, NULL, 0) == 0) {
-            sc->series_ids = list;
-            snprintf(sc->study_id, sizeof sc->study_id, "%s", study_id);
-            sc->valid = 1;
-        }
-    }
-out:
-    ar_study_answers_free(&ans);
-    return rc;
-}
-
 /* Decide which rules act on one stable study or series; append jobs.
- * sc may be NULL (no reuse of the current snapshot).  next_study: the next
+ * The engine's snapshot is reused for the following stable events of the
+ * same study in this cycle (ar_app_load_study), so deciding a study costs
+ * the same requests whether it has 1 series or 50.  next_study: the next
  * StableStudy of the same batch, if any: Orthanc logs a study's series
  * stable just before the study, so its snapshot usually names this series
  * and saves the /series/<id> look-up. */
 static int decide(ar_app *a, const ar_change *c, const char *next_study, job_list *jobs,
-                  snap_cache *sc, char *err, size_t errlen)
+                  char *err, size_t errlen)
 {
     int rc = AR_ERR;
     ar_buf sb = {0};
@@ -172,14 +119,13 @@ static int decide(ar_app *a, const ar_change *c, const char *next_study, job_lis
     }
     if (is_series) {
         series_id = c->id;
-        if (!snap_has_series(sc, c->id) && sc && next_study &&
-            ar_orthanc_valid_id(next_study)) {
-            rc = load_snapshot(a, next_study, sc, err, errlen);
+        if (!ar_app_holds_series(a, c->id) && next_study && ar_orthanc_valid_id(next_study)) {
+            rc = ar_app_load_study(a, next_study, err, errlen);
             if (rc && rc != AR_ENOTFOUND)
                 goto out;
         }
-        if (snap_has_series(sc, c->id)) {
-            snprintf(study_id, sizeof study_id, "%s", sc->study_id);
+        if (ar_app_holds_series(a, c->id)) {
+            snprintf(study_id, sizeof study_id, "%s", a->fresh_study);
         } else {
             if ((rc = ar_orthanc_series(a->http, c->id, &sb, err, errlen)))
                 goto out;
@@ -190,7 +136,7 @@ static int decide(ar_app *a, const ar_change *c, const char *next_study, job_lis
     } else {
         snprintf(study_id, sizeof study_id, "%s", c->id);
     }
-    if ((rc = load_snapshot(a, study_id, sc, err, errlen)))
+    if ((rc = ar_app_load_study(a, study_id, err, errlen)))
         goto out;
     if ((rc = ar_engine_evaluate(a->engine, series_id, 0, &v, &nv, err, errlen)))
         goto out;
@@ -234,7 +180,6 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
     ar_buf b = {0};
     ar_change *ch = NULL;
     job_list jobs = {0};
-    snap_cache sc = {0};
     ar_watch *adds = NULL;
     const char **dels = NULL;
     size_t nadd = 0, ndel = 0;
@@ -315,7 +260,7 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
                 for (size_t k = i + 1; k < n && !next_study; k++)
                     if (strcmp(ch[k].change_type, "StableStudy") == 0)
                         next_study = ch[k].id;
-                int drc = decide(a, c, next_study, &jobs, &sc, derr, sizeof derr);
+                int drc = decide(a, c, next_study, &jobs, derr, sizeof derr);
                 if (drc == AR_ENOTFOUND) {
                     ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
                     ar_log(AR_LOG_INFO, "study.gone", &f,
@@ -371,7 +316,6 @@ static int poll_changes(ar_app *a, int *outage, char *err, size_t errlen)
     }
     rc = AR_OK;
 out:
-    snap_clear(&sc);
     free(adds);
     free(dels);
     free(jobs.v);
@@ -474,7 +418,7 @@ static void check_unlogged(ar_app *a, int *outage)
                "(restarted meanwhile?); treating it as stable now",
                w2[i].level, c.id, c.seq);
         jobs.n = 0;
-        int rc = decide(a, &c, NULL, &jobs, NULL, err, sizeof err);
+        int rc = decide(a, &c, NULL, &jobs, err, sizeof err);
         if (rc == AR_ENET || rc == AR_ENOMEM)
             goto out;
         const char *del = c.id;

@@ -22,24 +22,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
-/* Make the job's study the engine's current snapshot. */
-static int load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
-{
-    ar_study_answers ans;
-    /* decided in this cycle and still the engine's snapshot: no need to ask again */
-    if (a->fresh_study[0] && strcmp(a->fresh_study, study_id) == 0 &&
-        strcmp(ar_engine_study_id(a->engine), study_id) == 0)
-        return AR_OK;
-    int rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen);
-    if (rc)
-        return rc;
-    rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
-                             ans.series.len, ans.instances.data, ans.instances.len, err, errlen);
-    ar_study_answers_free(&ans);
-    a->fresh_study[0] = 0; /* only the loop's own snapshots count as fresh */
-    return rc;
-}
-
 /* Refuse to start an export the storage folder has no room for (when the
  * size is known): failing before the transfer costs nothing. */
 static int check_space(const char *storage, long long need, char *err, size_t errlen)
@@ -78,7 +60,7 @@ int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size
         return AR_OK;
     }
     const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
-    if ((rc = load_study(a, job->study_id, err, errlen)))
+    if ((rc = ar_app_load_study(a, job->study_id, err, errlen)))
         goto out;
     if ((rc = ar_engine_plan(a->engine, (size_t)w->rule, series, &w->plan, err, errlen)))
         goto out;
