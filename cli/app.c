@@ -22,16 +22,21 @@ int ar_app_config(ar_app *a, const char *config_path)
     return AR_EXIT_OK;
 }
 
-int ar_app_open_http(ar_app *a)
+ar_http_opts ar_app_http_opts(const ar_app *a)
 {
-    char err[1024] = "";
-    ar_http_opts o = {
+    return (ar_http_opts){
         .base_url = a->cfg.orthanc_url,
         .username = a->cfg.orthanc_username,
         .password = a->cfg.orthanc_password,
         .timeout_s = a->cfg.http_timeout,
         .connect_timeout_s = 10,
     };
+}
+
+int ar_app_open_http(ar_app *a)
+{
+    char err[1024] = "";
+    ar_http_opts o = ar_app_http_opts(a);
     if (ar_http_new(&o, &a->http, err, sizeof err)) {
         ar_log(AR_LOG_ERROR, "http.init", NULL, "%s", err);
         return AR_EXIT_USAGE;

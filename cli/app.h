@@ -36,6 +36,8 @@ typedef struct ar_app {
 
 /* Load configuration (path may be NULL) and set up logging.  AR_EXIT_USAGE on error. */
 int ar_app_config(ar_app *a, const char *config_path);
+/* The Orthanc client settings of the configuration (for extra clients). */
+ar_http_opts ar_app_http_opts(const ar_app *a);
 int ar_app_open_http(ar_app *a);
 int ar_app_open_state(ar_app *a);
 int ar_app_open_engine(ar_app *a);

@@ -56,46 +56,33 @@ int ar_cmd_status(int argc, char **argv)
             printf("%s\n", json);
         free(json);
     } else {
-        int64_t cursor = 0;
-        int has = 0;
-        size_t counts[4] = {0, 0, 0, 0}, nrules = 0, broken = 0;
-        ar_job *jobs = NULL;
-        size_t n = 0;
-        if (a.state) {
-            ar_state_get_cursor(a.state, &cursor, &has, err, sizeof err);
-            if (ar_state_list_jobs(a.state, -1, &jobs, &n, err, sizeof err) == 0)
-                for (size_t i = 0; i < n; i++)
-                    if (jobs[i].status >= 0 && jobs[i].status < 4)
-                        counts[jobs[i].status]++;
-        }
-        if (a.engine) {
-            nrules = ar_engine_rule_count(a.engine);
-            for (size_t i = 0; i < nrules; i++)
-                broken += !ar_engine_rule(a.engine, i)->ok;
-        }
+        ar_status_counts c;
+        ar_job *recent = NULL;
+        size_t nrecent = 0;
+        ar_status_counts_read(&a, &c);
+        ar_status_recent_errors(&a, (size_t)-1, &recent, &nrecent);
         if (reachable)
             printf("orthanc   %s: reachable, version %s, last change %s\n", a.cfg.orthanc_url,
                    version, last[0] ? last : "?");
         else
             printf("orthanc   %s: UNREACHABLE: %s\n", a.cfg.orthanc_url, orthanc_err);
-        printf("position  %" PRId64 "%s\n", cursor, has ? "" : " (never ran)");
-        printf("rules     %zu loaded, %zu broken (%s)\n", nrules - broken, broken,
+        printf("position  %" PRId64 "%s\n", c.cursor, c.has_cursor ? "" : " (never ran)");
+        printf("rules     %zu loaded, %zu broken (%s)\n", c.rules - c.broken, c.broken,
                a.cfg.rules_dir);
-        for (size_t i = 0; a.engine && i < nrules; i++) {
+        for (size_t i = 0; a.engine && i < c.rules; i++) {
             const ar_rule_info *r = ar_engine_rule(a.engine, i);
             if (!r->ok)
                 printf("          broken: %s\n", r->error);
         }
-        printf("jobs      %zu pending, %zu done, %zu failed, %zu gone\n", counts[AR_JOB_PENDING],
-               counts[AR_JOB_DONE], counts[AR_JOB_FAILED], counts[AR_JOB_GONE]);
-        for (size_t i = n, k = 0; i-- > 0 && k < 5;) {
-            if (jobs[i].status == AR_JOB_FAILED) {
-                printf("          failed job %" PRId64 " (%s, %s): %s\n", jobs[i].id, jobs[i].rule,
-                       jobs[i].study_id, jobs[i].last_error);
-                k++;
+        printf("jobs      %zu pending, %zu done, %zu failed, %zu gone\n", c.jobs[AR_JOB_PENDING],
+               c.jobs[AR_JOB_DONE], c.jobs[AR_JOB_FAILED], c.jobs[AR_JOB_GONE]);
+        for (size_t i = 0, shown = 0; i < nrecent && shown < 5; i++)
+            if (recent[i].status == AR_JOB_FAILED) {
+                printf("          failed job %" PRId64 " (%s, %s): %s\n", recent[i].id,
+                       recent[i].rule, recent[i].study_id, recent[i].last_error);
+                shown++;
             }
-        }
-        free(jobs);
+        free(recent);
     }
     code = reachable ? AR_EXIT_OK : AR_EXIT_FAIL;
 out:

@@ -572,11 +572,7 @@ static int run_jobs(ar_app *a, int once, ar_run_stats *st)
                 continue;
             }
             if (!s->http) {
-                ar_http_opts ho = {.base_url = a->cfg.orthanc_url,
-                                   .username = a->cfg.orthanc_username,
-                                   .password = a->cfg.orthanc_password,
-                                   .timeout_s = a->cfg.http_timeout,
-                                   .connect_timeout_s = 10};
+                ar_http_opts ho = ar_app_http_opts(a);
                 if (ar_http_new(&ho, &s->http, err, sizeof err)) {
                     record_outcome(a, j, AR_ENET, err, once, st);
                     ar_job_work_free(&s->w);

@@ -60,14 +60,63 @@ static void sb_str(sbuf *b, const char *s)
     }
 }
 
+void ar_status_counts_read(ar_app *a, ar_status_counts *c)
+{
+    char err[512];
+    memset(c, 0, sizeof *c);
+    if (a->state) {
+        ar_state_get_cursor(a->state, &c->cursor, &c->has_cursor, err, sizeof err);
+        ar_state_job_counts(a->state, c->jobs, err, sizeof err);
+    }
+    if (a->engine) {
+        c->rules = ar_engine_rule_count(a->engine);
+        for (size_t i = 0; i < c->rules; i++)
+            c->broken += !ar_engine_rule(a->engine, i)->ok;
+    }
+}
+
+static int by_id_desc(const void *x, const void *y)
+{
+    const ar_job *p = x, *q = y;
+    return p->id < q->id ? 1 : p->id > q->id ? -1 : 0;
+}
+
+int ar_status_recent_errors(ar_app *a, size_t max, ar_job **out, size_t *n)
+{
+    char err[512];
+    static const int kinds[] = {AR_JOB_FAILED, AR_JOB_PENDING, AR_JOB_GONE};
+    ar_job *part[3] = {NULL, NULL, NULL}, *all = NULL;
+    size_t np[3] = {0, 0, 0}, k = 0;
+    *out = NULL;
+    *n = 0;
+    for (int i = 0; i < 3; i++)
+        if (!a->state ||
+            ar_state_list_jobs(a->state, kinds[i], &part[i], &np[i], err, sizeof err))
+            goto out;
+    all = malloc((np[0] + np[1] + np[2] + 1) * sizeof *all);
+    if (!all)
+        goto out;
+    for (int i = 0; i < 3; i++)
+        for (size_t j = 0; j < np[i]; j++)
+            if (part[i][j].last_error[0])
+                all[k++] = part[i][j];
+    qsort(all, k, sizeof *all, by_id_desc);
+    *out = all;
+    *n = k < max ? k : max;
+    all = NULL;
+out:
+    for (int i = 0; i < 3; i++)
+        free(part[i]);
+    free(all);
+    return *out ? AR_OK : AR_ERR;
+}
+
 int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, size_t errlen)
 {
     sbuf b = {0};
-    int64_t cursor = 0;
-    int has = 0;
-    size_t counts[4] = {0, 0, 0, 0}, nrules = 0, broken = 0;
-    ar_job *jobs = NULL;
-    size_t njobs = 0;
+    ar_status_counts c;
+    ar_job *recent = NULL;
+    size_t nrecent = 0;
     char tbuf[32];
     time_t now = time(NULL);
     struct tm tm;
@@ -75,18 +124,8 @@ int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, siz
     *out = NULL;
     gmtime_r(&now, &tm);
     strftime(tbuf, sizeof tbuf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-    if (a->state) {
-        ar_state_get_cursor(a->state, &cursor, &has, err, errlen);
-        if (ar_state_list_jobs(a->state, -1, &jobs, &njobs, err, errlen) == 0)
-            for (size_t i = 0; i < njobs; i++)
-                if (jobs[i].status >= 0 && jobs[i].status < 4)
-                    counts[jobs[i].status]++;
-    }
-    if (a->engine) {
-        nrules = ar_engine_rule_count(a->engine);
-        for (size_t i = 0; i < nrules; i++)
-            broken += !ar_engine_rule(a->engine, i)->ok;
-    }
+    ar_status_counts_read(a, &c);
+    ar_status_recent_errors(a, 5, &recent, &nrecent);
     sb_add(&b, "{\"time\":\"%s\",\"orthanc\":{\"url\":", tbuf);
     sb_str(&b, a->cfg.orthanc_url);
     sb_add(&b, ",\"reachable\":%s,\"version\":", in->reachable ? "true" : "false");
@@ -94,13 +133,13 @@ int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, siz
     sb_add(&b, ",\"last_change\":%s,\"error\":",
            in->last_change && in->last_change[0] ? in->last_change : "null");
     sb_str(&b, in->orthanc_error);
-    sb_add(&b, "},\"cursor\":%" PRId64 ",\"behind\":%s", cursor,
-           has && in->last_change && in->last_change[0]
-               ? (strtoll(in->last_change, NULL, 10) > cursor ? "true" : "false")
+    sb_add(&b, "},\"cursor\":%" PRId64 ",\"behind\":%s", c.cursor,
+           c.has_cursor && in->last_change && in->last_change[0]
+               ? (strtoll(in->last_change, NULL, 10) > c.cursor ? "true" : "false")
                : "null");
-    sb_add(&b, ",\"rules\":{\"loaded\":%zu,\"broken\":%zu,\"broken_rules\":[", nrules - broken,
-           broken);
-    for (size_t i = 0, k = 0; a->engine && i < nrules; i++) {
+    sb_add(&b, ",\"rules\":{\"loaded\":%zu,\"broken\":%zu,\"broken_rules\":[",
+           c.rules - c.broken, c.broken);
+    for (size_t i = 0, k = 0; a->engine && i < c.rules; i++) {
         const ar_rule_info *r = ar_engine_rule(a->engine, i);
         if (r->ok)
             continue;
@@ -112,14 +151,11 @@ int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, siz
     }
     sb_add(&b, "]},\"jobs\":{\"in_flight\":%d,\"pending\":%zu,\"done\":%zu,\"failed\":%zu,"
                "\"gone\":%zu},\"last_failures\":[",
-           in->jobs_in_flight, counts[AR_JOB_PENDING], counts[AR_JOB_DONE],
-           counts[AR_JOB_FAILED], counts[AR_JOB_GONE]);
-    /* the five most recent jobs with an error (failed, or pending a retry) */
-    for (size_t i = njobs, k = 0; i-- > 0 && k < 5;) {
-        const ar_job *j = &jobs[i];
-        if (!j->last_error[0] || j->status == AR_JOB_DONE)
-            continue;
-        sb_add(&b, "%s{\"job\":%" PRId64 ",\"rule\":", k++ ? "," : "", j->id);
+           in->jobs_in_flight, c.jobs[AR_JOB_PENDING], c.jobs[AR_JOB_DONE],
+           c.jobs[AR_JOB_FAILED], c.jobs[AR_JOB_GONE]);
+    for (size_t i = 0; i < nrecent; i++) {
+        const ar_job *j = &recent[i];
+        sb_add(&b, "%s{\"job\":%" PRId64 ",\"rule\":", i ? "," : "", j->id);
         sb_str(&b, j->rule);
         sb_add(&b, ",\"study\":");
         sb_str(&b, j->study_id);
@@ -129,7 +165,7 @@ int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, siz
         sb_add(&b, "}");
     }
     sb_add(&b, "]}");
-    free(jobs);
+    free(recent);
     if (b.oom) {
         free(b.p);
         return ar_seterr(err, errlen, AR_ENOMEM, "out of memory writing the status");

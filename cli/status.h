@@ -14,6 +14,21 @@ typedef struct ar_status_in {
     int jobs_in_flight;
 } ar_status_in;
 
+/* What both forms of the status show, read from the state and the engine
+ * (job counts by SQL, not by reading the ledger). */
+typedef struct ar_status_counts {
+    int64_t cursor;
+    int has_cursor;
+    size_t jobs[4];          /* indexed by AR_JOB_* */
+    size_t rules, broken;
+} ar_status_counts;
+
+void ar_status_counts_read(ar_app *a, ar_status_counts *c);
+
+/* The most recent jobs with an error (failed, gone, or pending a retry), newest
+ * first, at most max.  *out malloc'ed. */
+int ar_status_recent_errors(ar_app *a, size_t max, ar_job **out, size_t *n);
+
 /* *out malloc'ed JSON text (one line, no newline). */
 int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, size_t errlen);
 

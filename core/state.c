@@ -586,6 +586,25 @@ int ar_state_list_jobs(ar_state *st, int status_filter, ar_job **out, size_t *n,
     return select_jobs(st, Q_JOB_LIST, out, n, "list jobs", err, errlen);
 }
 
+int ar_state_job_counts(ar_state *st, size_t counts[4], char *err, size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = AR_OK, step;
+    counts[0] = counts[1] = counts[2] = counts[3] = 0;
+    if (sqlite3_prepare_v2(st->db, "SELECT status, count(*) FROM jobs GROUP BY status", -1, &s,
+                           NULL) != SQLITE_OK)
+        return db_fail(st, "count jobs", err, errlen);
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        int status = sqlite3_column_int(s, 0);
+        if (status >= 0 && status < 4)
+            counts[status] = (size_t)sqlite3_column_int64(s, 1);
+    }
+    if (step != SQLITE_DONE)
+        rc = db_fail(st, "count jobs", err, errlen);
+    sqlite3_finalize(s);
+    return rc;
+}
+
 static int one_job_changed(ar_state *st, int changes, int64_t id, char *err, size_t errlen)
 {
     if (changes == 0)

@@ -77,6 +77,9 @@ int ar_state_due_jobs(ar_state *st, double now, ar_job **out, size_t *n, char *e
 int ar_state_list_jobs(ar_state *st, int status_filter, ar_job **out, size_t *n,
                        char *err, size_t errlen);
 
+/* How many jobs are in each status (indexed by AR_JOB_*), without reading them. */
+int ar_state_job_counts(ar_state *st, size_t counts[4], char *err, size_t errlen);
+
 int ar_state_job_done(ar_state *st, int64_t id, const char *path, long long bytes,
                       char *err, size_t errlen);
 int ar_state_job_gone(ar_state *st, int64_t id, const char *why, char *err, size_t errlen);
