@@ -22,6 +22,7 @@
 #include "engine.h"
 #include "err.h"
 #include "tap.h"
+#include "testfs.h"
 
 static char datadir[4096];
 
@@ -37,77 +38,17 @@ static void find_datadir(void)
     }
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf;
-    long n;
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    buf = malloc((size_t)n + 1);
-    if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        buf = NULL;
-    }
-    if (buf)
-        buf[n] = '\0';
-    fclose(f);
-    if (len)
-        *len = (size_t)n;
-    return buf;
-}
-
 static char *data(const char *name, size_t *len)
 {
     char path[4200];
     char *s;
     snprintf(path, sizeof path, "%s/%s", datadir, name);
-    s = slurp(path, len);
+    s = tf_slurp(path, len);
     if (!s) {
         fprintf(stderr, "cannot read %s\n", path);
         exit(2);
     }
     return s;
-}
-
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[4200];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    f = fopen(path, "wb");
-    if (!f || fputs(text, f) < 0) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fclose(f);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(p);
-}
-
-static void rm_tree(const char *dir)
-{
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
-}
-
-static char *new_dir(void)
-{
-    static char dirs[16][64];
-    static int n;
-    char *d = dirs[n++ % 16];
-    snprintf(d, 64, "/tmp/ar-engine-XXXXXX");
-    if (!mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
 }
 
 static ar_engine *engine(long long budget, long timeout_ms, long mb, const char *lua_dir)
@@ -351,14 +292,14 @@ static const char *shape_rule =
 static void test_study(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     ar_verdict *v = NULL;
     size_t n = 0, l1, l2, l3;
     char *a, *b, *c;
     int rc;
 
-    write_file(dir, "shape.lua", shape_rule);
+    tf_write_file(dir, "shape.lua", shape_rule);
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
     CHECK(rc == 0 && ar_engine_rule_count(e) == 1 && ar_engine_rule(e, 0)->ok, "shape rule: %s",
           ar_engine_rule_count(e) ? ar_engine_rule(e, 0)->error : err);
@@ -411,7 +352,7 @@ static void test_study(void)
     free(b);
     free(c);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* Mutated answers (fixed seed): every one is refused with a message or
@@ -419,7 +360,7 @@ static void test_study(void)
 static void test_mutations(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     size_t len, k, n = 0, accepted = 0;
     char *orig = data("study_ct_two_series.json", &len);
@@ -429,7 +370,7 @@ static void test_mutations(void)
     ar_plan p;
     int iter;
 
-    write_file(dir, "all.lua",
+    tf_write_file(dir, "all.lua",
                "return { check_on = 'study', action = 'download', match = function(study)\n"
                "  local n = 0\n"
                "  for _, s in ipairs(study.series) do for _, i in ipairs(s.instances) do\n"
@@ -472,7 +413,7 @@ static void test_mutations(void)
     free(buf);
     free(orig);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- sandbox ------------------------------------------------------------------ */
@@ -527,7 +468,7 @@ static const escape_case escapes[] = {
 static void test_sandbox(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024], text[2048];
     ar_verdict *v = NULL;
     size_t n = 0, i;
@@ -540,19 +481,19 @@ static void test_sandbox(void)
                  "return {\n  check_on = 'study', action = 'download',\n"
                  "  match = function(study, series)\n    %s\n  end,\n}\n", escapes[i].body);
         snprintf(file, sizeof file, "esc_%s.lua", escapes[i].name);
-        write_file(dir, file, text);
+        tf_write_file(dir, file, text);
     }
     /* Global leakage: "leaker" sets globals, "reader" (loaded after) looks. */
-    write_file(dir, "leaker.lua",
+    tf_write_file(dir, "leaker.lua",
                "leaked = 'from leaker'\n"
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() shared_x = 1; return leaked == 'from leaker' and shared_x == 1 end }\n");
-    write_file(dir, "reader.lua",
+    tf_write_file(dir, "reader.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() return leaked ~= nil or shared_x ~= nil end }\n");
     /* Escape attempts at load time. */
-    write_file(dir, "top_io.lua", "io.write('x')\nreturn {}\n");
-    write_file(dir, "top_base.lua",
+    tf_write_file(dir, "top_io.lua", "io.write('x')\nreturn {}\n");
+    tf_write_file(dir, "top_base.lua",
                "getmetatable(_ENV).__index.print = nil\nreturn {}\n");
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
     CHECK(rc == 0, "load escapes: %s", err);
@@ -609,7 +550,7 @@ static void test_sandbox(void)
     CHECK(x && x->matched, "study intact after the attacks");
     free(v);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- budgets and memory ---------------------------------------------------- */
@@ -617,7 +558,7 @@ static void test_sandbox(void)
 static void test_runaway(void)
 {
     ar_engine *e = engine(2000000, 5000, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     ar_verdict *v = NULL;
     size_t n = 0;
@@ -625,28 +566,28 @@ static void test_runaway(void)
     struct timespec t0;
     int rc;
 
-    write_file(dir, "a_loop.lua",
+    tf_write_file(dir, "a_loop.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() while true do end end }\n");
-    write_file(dir, "b_loop_pcall.lua",
+    tf_write_file(dir, "b_loop_pcall.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function()\n"
                "    for i = 1, 1e9 do pcall(function() while true do end end) end\n"
                "    return true\n"
                "  end }\n");
-    write_file(dir, "c_loop_xpcall.lua",
+    tf_write_file(dir, "c_loop_xpcall.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function()\n"
                "    local ok = xpcall(function() while true do end end,\n"
                "                      function(m) while true do end end)\n"
                "    return true, 'escaped'\n"
                "  end }\n");
-    write_file(dir, "d_loop_load.lua",
+    tf_write_file(dir, "d_loop_load.lua",
                "while true do end\n");
-    write_file(dir, "e_recursion.lua",
+    tf_write_file(dir, "e_recursion.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() local function f(n) return 1 + f(n + 1) end return f(1) end }\n");
-    write_file(dir, "z_ok.lua",
+    tf_write_file(dir, "z_ok.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function(study) return #study.series == 2, 'still here' end }\n");
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
@@ -702,40 +643,40 @@ static void test_runaway(void)
     CHECK(x && x->matched, "others still fine after timeouts");
     free(v);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 static void test_memory(void)
 {
     ar_engine *e = engine(0, 10000, 32, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     ar_verdict *v = NULL;
     size_t n = 0, before;
     const ar_verdict *x;
     int rc;
 
-    write_file(dir, "bomb_table.lua",
+    tf_write_file(dir, "bomb_table.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() local t = {} for i = 1, 1e9 do t[i] = {i} end return true end }\n");
-    write_file(dir, "bomb_string.lua",
+    tf_write_file(dir, "bomb_string.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() local s = 'x' while true do s = s .. s end end }\n");
-    write_file(dir, "bomb_pcall.lua",
+    tf_write_file(dir, "bomb_pcall.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function()\n"
                "    local ok, e = pcall(function() local t = {} for i = 1, 1e9 do t[i] = i .. '' end end)\n"
                "    return not ok, tostring(e)\n"
                "  end }\n");
-    write_file(dir, "bomb_global.lua",
+    tf_write_file(dir, "bomb_global.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() hoard = {} for i = 1, 1e9 do hoard[i] = {i} end end }\n");
-    write_file(dir, "fine.lua",
+    tf_write_file(dir, "fine.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function(study) return study.tags.StudyID == '4242' end }\n");
     /* 18 MB live, 200 MB of garbage: the heap meets the cap, Lua's emergency
      * collection makes room, and that is not an error. */
-    write_file(dir, "near_cap.lua",
+    tf_write_file(dir, "near_cap.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function()\n"
                "    local keep = {}\n"
@@ -775,7 +716,7 @@ static void test_memory(void)
     CHECK(rc == 0 && x && x->matched, "second round fine");
     free(v);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- loading ------------------------------------------------------------------ */
@@ -783,42 +724,42 @@ static void test_memory(void)
 static void test_loading(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     long i;
     const ar_rule_info *r;
     char *src = NULL;
     int rc;
 
-    write_file(dir, "broken.lua",
+    tf_write_file(dir, "broken.lua",
                "return {\n  check_on = 'study',\n  match = function(study\n}\n");
-    write_file(dir, "bad_json.json",
+    tf_write_file(dir, "bad_json.json",
                "{\n  \"CheckOn\": \"Study\",\n  \"Action\" \"DOWNLOAD\"\n}\n");
-    write_file(dir, "bad_value.json",
+    tf_write_file(dir, "bad_value.json",
                "{\"CheckOn\": \"Sometimes\", \"Action\": \"DOWNLOAD\", \"IsActive\": true, \"Tags\": []}\n");
-    write_file(dir, "no_match.lua", "return { check_on = 'study', action = 'download' }\n");
-    write_file(dir, "bad_check_on.lua",
+    tf_write_file(dir, "no_match.lua", "return { check_on = 'study', action = 'download' }\n");
+    tf_write_file(dir, "bad_check_on.lua",
                "return { check_on = 'Study', action = 'download', match = function() end }\n");
-    write_file(dir, "no_dest.lua",
+    tf_write_file(dir, "no_dest.lua",
                "return { check_on = 'study', action = 'forward', match = function() end }\n");
-    write_file(dir, "typo.lua",
+    tf_write_file(dir, "typo.lua",
                "return { check_on = 'study', action = 'download', match = function() end,\n"
                "  file_names = function() end }\n");
-    write_file(dir, "bad_hook.lua",
+    tf_write_file(dir, "bad_hook.lua",
                "return { check_on = 'study', action = 'download', match = function() end, name = 'x' }\n");
-    write_file(dir, "runtime.lua", "local x = nil\nreturn x.y\n");
-    write_file(dir, "forward.lua",
+    tf_write_file(dir, "runtime.lua", "local x = nil\nreturn x.y\n");
+    tf_write_file(dir, "forward.lua",
                "return { check_on = 'series', action = 'forward', destination = 'PACS',\n"
                "  active = false, comment = 'c', match = function() return true end }\n");
-    write_file(dir, "good.json",
+    tf_write_file(dir, "good.json",
                "{\"CheckOn\": \"Study\", \"IsActive\": true, \"Action\": \"DOWNLOAD\",\n"
                " \"Tags\": [{\"TagName\": \"StudyDescription\", \"Level\": \"Study\", \"Value\": \"brain\"}]}\n");
-    write_file(dir, "good.lua",
+    tf_write_file(dir, "good.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end }\n");
-    write_file(dir, "master.json", "garbage");
-    write_file(dir, "my_template.json", "garbage");
-    write_file(dir, "notes.txt", "garbage");
-    write_file(dir, ".hidden.lua", "garbage");
+    tf_write_file(dir, "master.json", "garbage");
+    tf_write_file(dir, "my_template.json", "garbage");
+    tf_write_file(dir, "notes.txt", "garbage");
+    tf_write_file(dir, ".hidden.lua", "garbage");
 
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
     CHECK(rc == 0, "load dir: %s", err);
@@ -891,7 +832,7 @@ static void test_loading(void)
     CHECK(rc != 0 && has(err, "/nonexistent/rules") && ar_engine_rule_count(e) == 2,
           "unreadable folder: %s", err);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- naming hooks, print, on_exported, series rules ---------------------------- */
@@ -913,7 +854,7 @@ static void capture_print(void *ud, const char *rule, const char *line)
 static void test_hooks(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char sub[600], err[1024];
     ar_verdict *v = NULL;
     size_t n = 0;
@@ -927,19 +868,19 @@ static void test_hooks(void)
     ar_engine_set_print(e, capture_print, &pr);
     snprintf(sub, sizeof sub, "%s/hooks", dir);
     mkdir(sub, 0700);
-    write_file(sub, "names.lua",
+    tf_write_file(sub, "names.lua",
                "return { name = function(study) return 'ACC_' .. study.tags.StudyDate end,\n"
                "  file_name = function(study, series, inst)\n"
                "    return string.format('%05d.dcm', tonumber(inst.tags.InstanceNumber)) end }\n");
-    write_file(dir, "hooked.json",
+    tf_write_file(dir, "hooked.json",
                "{\"CheckOn\": \"Study\", \"IsActive\": true, \"Action\": \"DOWNLOAD\", \"Tags\": [],\n"
                " \"NamingHook\": \"hooks/names.lua\"}\n");
-    write_file(dir, "exported.lua",
+    tf_write_file(dir, "exported.lua",
                "local exported_path\n"
                "return { check_on = 'study', action = 'download',\n"
                "  match = function(study) print('seen', #study.series, nil) return true, exported_path or 'none' end,\n"
                "  on_exported = function(study, path) exported_path = path end }\n");
-    write_file(dir, "series_two.lua",
+    tf_write_file(dir, "series_two.lua",
                "return { check_on = 'series', action = 'download',\n"
                "  match = function(study, series) return series.tags.SeriesNumber == '2', series.id end }\n");
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
@@ -1007,7 +948,7 @@ static void test_hooks(void)
     rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc != 0, "a series rule needs a series: %s", err);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- plans -------------------------------------------------------------------- */
@@ -1015,25 +956,25 @@ static void test_hooks(void)
 static void test_plans(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     ar_plan p;
     size_t k;
     long i;
     int rc;
 
-    write_file(dir, "r1.lua",
+    tf_write_file(dir, "r1.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end }\n");
-    write_file(dir, "hostile.lua",
+    tf_write_file(dir, "hostile.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end,\n"
                "  name = function(study) return { '..', 'a/b', study.patient.PatientID, '' } end,\n"
                "  series_name = function(study, series) return 'x/../y/' .. series.tags.SeriesDescription end,\n"
                "  file_name = function(study, series, inst) return '../../evil\\1' .. inst.id .. '.dcm' end }\n");
-    write_file(dir, "long.lua",
+    tf_write_file(dir, "long.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end,\n"
                "  name = function() return { string.rep('a', 300), string.rep('\\u{e9}', 300) } end,\n"
                "  file_name = function() return string.rep('f', 300) .. '.dcm' end }\n");
-    write_file(dir, "badname.lua",
+    tf_write_file(dir, "badname.lua",
                "return { check_on = 'study', action = 'download', match = function() return true end,\n"
                "  name = function(study) return { {} } end }\n");
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
@@ -1147,23 +1088,23 @@ static void test_plans(void)
         ar_plan_free(&p);
     }
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 /* ---- overlay and performance ------------------------------------------------ */
 
 static void test_overlay(void)
 {
-    char *lua = new_dir();
-    char *dir = new_dir();
+    char *lua = tf_new_dir("ar-engine");
+    char *dir = tf_new_dir("ar-engine");
     char err[1024];
     ar_verdict *v = NULL;
     size_t n = 0;
     ar_engine *e;
 
-    write_file(lua, "prelude.lua", "return { greet = function() return 'from overlay' end }\n");
+    tf_write_file(lua, "prelude.lua", "return { greet = function() return 'from overlay' end }\n");
     e = engine(0, 0, 0, lua);
-    write_file(dir, "g.lua",
+    tf_write_file(dir, "g.lua",
                "return { check_on = 'study', action = 'download', match = function() return true, greet() end }\n");
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load");
     CHECK(set_fixture(e, "study_empty.json") == 0, "fixture");
@@ -1172,14 +1113,14 @@ static void test_overlay(void)
           "lua_dir overlays an embedded module: %s", n ? v[0].reason : err);
     free(v);
     ar_engine_free(e);
-    rm_tree(lua);
-    rm_tree(dir);
+    tf_rm_tree(lua);
+    tf_rm_tree(dir);
 }
 
 static void test_performance(void)
 {
     ar_engine *e = engine(0, 0, 0, NULL);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-engine");
     char err[1024], name[64], text[1024];
     static const char *desc[] = {"brain", "Slash", "knee", "With"};
     static const char *mod[] = {"CT", "MR", "ct", "PT"};
@@ -1197,7 +1138,7 @@ static void test_performance(void)
                  "          {\"TagName\": \"Modality\", \"Level\": \"Series\", \"Value\": \"%s\"},\n"
                  "          {\"TagName\": \"PatientID\", \"Level\": \"Patient\", \"Value\": \"PID\"}]}\n",
                  desc[k % 4], mod[(k / 4) % 4]);
-        write_file(dir, name, text);
+        tf_write_file(dir, name, text);
     }
     clock_gettime(CLOCK_MONOTONIC, &t0);
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0 &&
@@ -1234,7 +1175,7 @@ static void test_performance(void)
     printf("# 1000 JSON rules: loaded in %.0f ms, evaluated in %.2f ms (best of 5), "
            "engine holds %zu KB\n", loadms, best, ar_engine_memory_used(e) / 1024);
     ar_engine_free(e);
-    rm_tree(dir);
+    tf_rm_tree(dir);
 }
 
 int main(void)

@@ -33,6 +33,7 @@
 
 #include "engine.h"
 #include "tap.h"
+#include "testfs.h"
 
 static char srcdir[4096];
 
@@ -53,35 +54,12 @@ static void find_srcdir(void)
     }
 }
 
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    char *buf = NULL;
-    long n;
-    if (!f)
-        return NULL;
-    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && fseek(f, 0, SEEK_SET) == 0) {
-        buf = malloc((size_t)n + 1);
-        if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-            free(buf);
-            buf = NULL;
-        }
-        if (buf) {
-            buf[n] = '\0';
-            if (len)
-                *len = (size_t)n;
-        }
-    }
-    fclose(f);
-    return buf;
-}
-
 static char *source(const char *rel, size_t *len)
 {
     char path[4400];
     char *s;
     snprintf(path, sizeof path, "%s/%s", srcdir, rel);
-    s = slurp(path, len);
+    s = tf_slurp(path, len);
     if (!s) {
         fprintf(stderr, "cannot read %s (set AR_SOURCE_DIR)\n", path);
         exit(2);
@@ -89,37 +67,6 @@ static char *source(const char *rel, size_t *len)
     return s;
 }
 
-static void write_file(const char *dir, const char *name, const char *text)
-{
-    char path[4200];
-    FILE *f;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    f = fopen(path, "wb");
-    if (!f || fputs(text, f) < 0) {
-        fprintf(stderr, "cannot write %s\n", path);
-        exit(2);
-    }
-    fclose(f);
-}
-
-static int rm_one(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st; (void)flag; (void)ftw;
-    return remove(p);
-}
-
-static char *new_dir(void)
-{
-    static char dirs[8][64];
-    static int n;
-    char *d = dirs[n++ % 8];
-    snprintf(d, 64, "/tmp/ar-lpattern-XXXXXX");
-    if (!mkdtemp(d)) {
-        perror("mkdtemp");
-        exit(2);
-    }
-    return d;
-}
 
 static double ms_since(const struct timespec *t0)
 {
@@ -247,7 +194,7 @@ static void test_differential(void)
 static void test_guard_agrees(void)
 {
     ar_engine *e = engine(2000000000LL, 20000);
-    char *dir = new_dir(), path[256], err[1024];
+    char *dir = tf_new_dir("ar-lpattern"), path[256], err[1024];
     char *text;
     size_t len, n = 0;
     const char *files[1];
@@ -258,7 +205,7 @@ static void test_guard_agrees(void)
     double ms;
 
     text = source("tests/unit/lpattern_probe.lua", &len);
-    write_file(dir, "probe.lua", text);
+    tf_write_file(dir, "probe.lua", text);
     snprintf(path, sizeof path, "%s/probe.lua", dir);
     files[0] = path;
     CHECK(ar_engine_load_rule_files(e, files, 1, err, sizeof err) == 0 &&
@@ -295,7 +242,7 @@ static void test_guard_agrees(void)
     free(text);
     free(v);
     ar_engine_free(e);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tf_rm_tree(dir);
 }
 
 /* ---- pathological patterns are stopped --------------------------------------------- */
@@ -337,14 +284,14 @@ static void write_dos_rules(const char *dir)
                  "    %s\n"
                  "  end }\n",
                  dos_rules[i].match);
-        write_file(dir, name, text);
+        tf_write_file(dir, name, text);
     }
     /* A JSON rule whose pattern backtracks on a long StudyDescription. */
-    write_file(dir, "dos_json.json",
+    tf_write_file(dir, "dos_json.json",
                "{\"CheckOn\": \"Study\", \"IsActive\": true, \"Action\": \"DOWNLOAD\",\n"
                " \"Tags\": [{\"TagName\": \"StudyDescription\", \"Level\": \"Study\",\n"
                "           \"Operator\": \"matches\", \"Value\": \".-.-.-.-x\"}]}\n");
-    write_file(dir, "z_ok.lua",
+    tf_write_file(dir, "z_ok.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function(study)\n"
                "    return study.tags.StudyID == '4242' and matches(study.tags.StudyDescription, '^brain')\n"
@@ -395,7 +342,7 @@ static void check_stopped(ar_engine *e, const ar_verdict *v, size_t n, const cha
 
 static void test_dos(void)
 {
-    char *dir = new_dir(), err[1024];
+    char *dir = tf_new_dir("ar-lpattern"), err[1024];
     char *fixture = long_description_fixture();
     ar_verdict *v = NULL;
     size_t n = 0, i;
@@ -437,7 +384,7 @@ static void test_dos(void)
     free(v);
     ar_engine_free(e);
     free(fixture);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tf_rm_tree(dir);
 }
 
 /* ---- the string library's integrity ----------------------------------------------------- */
@@ -445,12 +392,12 @@ static void test_dos(void)
 static void test_library_sealed(void)
 {
     ar_engine *e = engine(0, 0);
-    char *dir = new_dir(), err[1024];
+    char *dir = tf_new_dir("ar-lpattern"), err[1024];
     ar_verdict *v = NULL;
     size_t n = 0;
     const ar_verdict *x;
 
-    write_file(dir, "a_pairs.lua",
+    tf_write_file(dir, "a_pairs.lua",
                "local _, t = pairs(string)\n"
                "local wrote = pcall(function() t.upper = function() return 'pwned' end end)\n"
                "local found = 0\n"
@@ -458,7 +405,7 @@ static void test_library_sealed(void)
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() return string.upper('y') == 'Y' and found == 1,\n"
                "    'upper=' .. string.upper('y') .. ' wrote=' .. tostring(wrote) end }\n");
-    write_file(dir, "b_victim.lua",
+    tf_write_file(dir, "b_victim.lua",
                "return { check_on = 'study', action = 'download',\n"
                "  match = function() return string.upper('y') == 'Y' and ('y'):upper() == 'Y',\n"
                "    string.upper('y') end }\n");
@@ -472,7 +419,7 @@ static void test_library_sealed(void)
     CHECK(x && x->matched, "other rules' string library intact: %s", x ? x->reason : "?");
     free(v);
     ar_engine_free(e);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tf_rm_tree(dir);
 }
 
 /* ---- cost ------------------------------------------------------------------------------------- */
@@ -480,7 +427,7 @@ static void test_library_sealed(void)
 static void test_cost(void)
 {
     ar_engine *e = engine(0, 0);
-    char *dir = new_dir();
+    char *dir = tf_new_dir("ar-lpattern");
     char err[1024], name[64], text[1024];
     static const char *pat[] = {"^brain", "with.*slash", "(%a+)/(%a+)", "^%a+%^%a+/%a+$"};
     static const char *mod[] = {"CT", "^M", "c.", "PT$"};
@@ -500,7 +447,7 @@ static void test_cost(void)
                  "            \"Operator\": \"matches\", \"Value\": \"%s\"},\n"
                  "          {\"TagName\": \"PatientID\", \"Level\": \"Patient\", \"Value\": \"PID\"}]}\n",
                  pat[k % 4], mod[(k / 4) % 4]);
-        write_file(dir, name, text);
+        tf_write_file(dir, name, text);
     }
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0 &&
               ar_engine_rule_count(e) == 1000,
@@ -529,7 +476,7 @@ static void test_cost(void)
     free(v);
     printf("# 1000 JSON rules with \"matches\": evaluated in %.2f ms (best of 5)\n", best);
     ar_engine_free(e);
-    nftw(dir, rm_one, 16, FTW_DEPTH | FTW_PHYS);
+    tf_rm_tree(dir);
 }
 
 int main(void)
