@@ -171,6 +171,36 @@ out:
     return rc;
 }
 
+/* fdopendir that closes fd when it fails; the message names path. */
+static int dir_stream(int fd, const char *path, DIR **out, char *err, size_t errlen)
+{
+    *out = fdopendir(fd);
+    if (*out)
+        return AR_OK;
+    int e = errno;
+    close(fd);
+    return ar_seterr(err, errlen, AR_EIO, "open folder %s: %s", path, strerror(e));
+}
+
+/* The next entry of d other than "." and "..", or NULL at the end; a read
+ * error sets *rc (naming path). */
+static struct dirent *next_entry(DIR *d, const char *path, int *rc, char *err, size_t errlen)
+{
+    for (;;) {
+        errno = 0;
+        struct dirent *de = readdir(d);
+        if (!de) {
+            if (errno)
+                *rc = ar_seterr(err, errlen, AR_EIO, "read folder %s: %s", path,
+                                strerror(errno));
+            return NULL;
+        }
+        const char *n = de->d_name;
+        if (!(n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0'))))
+            return de;
+    }
+}
+
 /* Remove dir_fd/name whatever it is (file, symlink, folder tree), never
  * following symlinks.  Absent is not an error.  path names it in messages. */
 static int remove_at(int dir_fd, const char *name, const char *path, int depth,
@@ -200,25 +230,13 @@ static int remove_at(int dir_fd, const char *name, const char *path, int depth,
                 return AR_OK;
             return ar_seterr(err, errlen, AR_EIO, "open folder %s: %s", path, strerror(errno));
         }
-        DIR *d = fdopendir(fd);
-        if (!d) {
-            int e = errno;
-            close(fd);
-            return ar_seterr(err, errlen, AR_EIO, "open folder %s: %s", path, strerror(e));
-        }
-        int rc = AR_OK;
-        for (;;) {
-            errno = 0;
-            struct dirent *de = readdir(d);
-            if (!de) {
-                if (errno)
-                    rc = ar_seterr(err, errlen, AR_EIO, "read folder %s: %s", path,
-                                   strerror(errno));
-                break;
-            }
+        DIR *d;
+        int rc = dir_stream(fd, path, &d, err, errlen);
+        if (rc)
+            return rc;
+        struct dirent *de;
+        while ((de = next_entry(d, path, &rc, err, errlen)) != NULL) {
             const char *n = de->d_name;
-            if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
-                continue;
             if (de->d_type != DT_DIR && de->d_type != DT_UNKNOWN) {
                 if (unlinkat(fd, n, 0) == 0 || errno == ENOENT)
                     continue;
@@ -364,26 +382,14 @@ static int clean_walk(int dir_fd, const char *path, int depth, int *removed,
         int fd = dup(dir_fd);
         if (fd < 0)
             return ar_seterr(err, errlen, AR_EIO, "dup %s: %s", path, strerror(errno));
-        DIR *d = fdopendir(fd);
-        if (!d) {
-            int e = errno;
-            close(fd);
-            return ar_seterr(err, errlen, AR_EIO, "open folder %s: %s", path, strerror(e));
-        }
+        DIR *d;
+        int rc = dir_stream(fd, path, &d, err, errlen);
+        if (rc)
+            return rc;
         rewinddir(d);  /* the dup shares its offset with dir_fd */
-        int rc = AR_OK;
-        for (;;) {
-            errno = 0;
-            struct dirent *de = readdir(d);
-            if (!de) {
-                if (errno)
-                    rc = ar_seterr(err, errlen, AR_EIO, "read folder %s: %s", path,
-                                   strerror(errno));
-                break;
-            }
+        struct dirent *de;
+        while ((de = next_entry(d, path, &rc, err, errlen)) != NULL) {
             const char *n = de->d_name;
-            if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
-                continue;
             if (de->d_type != DT_DIR) {
                 struct stat st;
                 if (de->d_type != DT_UNKNOWN)
@@ -456,25 +462,13 @@ static int finish_tree(int dir_fd, const char *path, int do_fsync, uid_t uid, gi
     int fd = dup(dir_fd);
     if (fd < 0)
         return ar_seterr(err, errlen, AR_EIO, "dup %s: %s", path, strerror(errno));
-    DIR *d = fdopendir(fd);
-    if (!d) {
-        int e = errno;
-        close(fd);
-        return ar_seterr(err, errlen, AR_EIO, "open folder %s: %s", path, strerror(e));
-    }
+    DIR *d;
+    if ((rc = dir_stream(fd, path, &d, err, errlen)))
+        return rc;
     rewinddir(d);
-    for (;;) {
-        errno = 0;
-        struct dirent *de = readdir(d);
-        if (!de) {
-            if (errno)
-                rc = ar_seterr(err, errlen, AR_EIO, "read folder %s: %s", path,
-                               strerror(errno));
-            break;
-        }
+    struct dirent *de;
+    while ((de = next_entry(d, path, &rc, err, errlen)) != NULL) {
         const char *n = de->d_name;
-        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
-            continue;
         int isdir = de->d_type == DT_DIR;
         if (de->d_type == DT_UNKNOWN) {
             struct stat st;
