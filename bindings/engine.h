@@ -10,8 +10,9 @@
  * re-arms itself once over budget so a rule's own pcall can't swallow the
  * stop).  A failing rule yields an error for that rule only.
  *
- * Data walks forward: changes body -> ar_change[]; Orthanc answers -> the
- * current study snapshot (held inside the engine); snapshot + rules ->
+ * Data walks forward: Orthanc's answers about a study (fetched by core/;
+ * transport answers such as /changes are decoded there too) -> the current
+ * study snapshot (held inside the engine); snapshot + rules ->
  * ar_verdict[]; verdict -> ar_plan (sanitised folder + files) for core/export.
  * No function here does HTTP; the caller fetches and hands over bodies.
  */
@@ -71,6 +72,17 @@ int ar_engine_load_rules_dir(ar_engine *e, const char *dir, char *err, size_t er
 int ar_engine_load_rule_files(ar_engine *e, const char *const *files, size_t n,
                               char *err, size_t errlen);
 
+/* The rules loaded now, as a value: the texts of their files (and naming
+ * hooks) as they were read.  Another engine (another thread) loads exactly
+ * the same rules from it without reading the folder again.  Reference
+ * counted and immutable: ar_engine_ruleset returns a new reference (NULL
+ * when nothing was loaded), ar_ruleset_free drops one. */
+typedef struct ar_ruleset ar_ruleset;
+ar_ruleset *ar_engine_ruleset(ar_engine *e);
+ar_ruleset *ar_ruleset_ref(ar_ruleset *s);
+void ar_ruleset_free(ar_ruleset *s);
+int ar_engine_load_ruleset(ar_engine *e, const ar_ruleset *s, char *err, size_t errlen);
+
 size_t ar_engine_rule_count(const ar_engine *e);
 const ar_rule_info *ar_engine_rule(const ar_engine *e, size_t i);
 
@@ -78,22 +90,7 @@ const ar_rule_info *ar_engine_rule(const ar_engine *e, size_t i);
  * *out is malloc'ed. */
 int ar_engine_rule_source(ar_engine *e, size_t i, char **out, char *err, size_t errlen);
 
-/* ---- Orthanc answers ---------------------------------------------------- */
-
-typedef struct ar_change {
-    int64_t seq;
-    char change_type[32];    /* "StableStudy", "StableSeries", "NewInstance", ... */
-    char resource_type[16];  /* "Study", "Series", "Instance", "Patient" */
-    char id[128];            /* Orthanc id */
-} ar_change;
-
-/* Decode a /changes answer.  *out malloc'ed. */
-int ar_engine_decode_changes(ar_engine *e, const char *body, size_t len, ar_change **out,
-                             size_t *n, int64_t *last, int *done, char *err, size_t errlen);
-
-/* Decode a /series/<id> answer: the parent study id. */
-int ar_engine_decode_parent_study(ar_engine *e, const char *body, size_t len,
-                                  char *study_id, size_t idlen, char *err, size_t errlen);
+/* ---- the study snapshot ------------------------------------------------ */
 
 /* Make the current study snapshot from the three answers
  * /studies/<id>, /studies/<id>/series, /studies/<id>/instances. */

@@ -56,6 +56,16 @@ int ar_budget_disarm(lua_State *L, ar_budget *b);
 /* "exceeded instruction budget (N instructions) at rules/x.lua:3" */
 void ar_budget_message(const ar_budget *b, int tripped, char *out, size_t outlen);
 
+/* ---- ruleset.c: the texts of a set of rules --------------------------------- */
+
+int ar_ruleset_new(ar_ruleset **out);
+/* Record a text read from path (rule: 1 for a rule file, 0 for a hook). */
+int ar_ruleset_add(ar_ruleset *s, const char *path, const char *text, size_t len, int rule);
+/* The text recorded for path, or NULL. */
+const char *ar_ruleset_text(const ar_ruleset *s, const char *path, size_t *len);
+/* The rule files, in load order (paths[0..max)); returns how many. */
+size_t ar_ruleset_rules(const ar_ruleset *s, const char **paths, size_t max);
+
 /* ---- the engine ------------------------------------------------------------ */
 
 struct ar_engine {
@@ -71,6 +81,9 @@ struct ar_engine {
     size_t nseries;
     long current_rule;        /* rule being called (for print), -1 = none */
     char *lua_dir;            /* overlay folder for the rules/ modules, or NULL */
+    ar_ruleset *loaded;       /* the texts of the rules loaded now */
+    ar_ruleset *recording;    /* while loading from disk: what was read */
+    const ar_ruleset *replay; /* while loading a set: where texts come from */
     void (*print_fn)(void *ud, const char *rule, const char *line);
     void *print_ud;
 };

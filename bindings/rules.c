@@ -6,7 +6,8 @@
  * returns.  A broken file becomes a rule with ok=0 and an error that names
  * the file (and the line where one is known); the others load normally.
  * Loading replaces the previous rules; a folder that can't be read leaves
- * them in place.
+ * them in place.  The texts read are kept as the engine's rule set
+ * (ruleset.c), from which another engine loads the same rules.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -144,6 +145,34 @@ out:
     return rc;
 }
 
+/* The text of a rule or hook file: from the set being replayed, else from
+ * the disk (recorded into the set being made). */
+static int rule_text(ar_engine *e, const char *path, int rule, char **out, size_t *outlen,
+                     char *err, size_t errlen)
+{
+    int rc;
+    if (e->replay) {
+        size_t len = 0;
+        const char *t = ar_ruleset_text(e->replay, path, &len);
+        if (!t)
+            return ar_seterr(err, errlen, AR_EIO, "%s: not part of the loaded rules", path);
+        *out = malloc(len + 1);
+        if (!*out)
+            return ar_seterr(err, errlen, AR_ENOMEM, "%s: out of memory", path);
+        memcpy(*out, t, len + 1);
+        *outlen = len;
+        return AR_OK;
+    }
+    if ((rc = read_text(path, out, outlen, err, errlen)))
+        return rc;
+    if (e->recording && ar_ruleset_add(e->recording, path, *out, *outlen, rule)) {
+        free(*out);
+        *out = NULL;
+        return ar_seterr(err, errlen, AR_ENOMEM, "%s: out of memory", path);
+    }
+    return AR_OK;
+}
+
 static const char *ext_kind(const char *base)
 {
     size_t n = strlen(base);
@@ -198,7 +227,7 @@ static void load_one(ar_engine *e, size_t i)
             return;
         }
     }
-    if (read_text(r->file, &text, &len, r->error, sizeof r->error))
+    if (rule_text(e, r->file, 1, &text, &len, r->error, sizeof r->error))
         return;
     c.index = i;
     c.info = r;
@@ -220,7 +249,7 @@ static void load_one(ar_engine *e, size_t i)
         } else if (snprintf(path, sizeof path, "%.*s%s", dirlen, r->file, c.hook) >=
                    (int)sizeof path) {
             rc = ar_seterr(msg, sizeof msg, AR_ERR, "%s: NamingHook path too long", r->file);
-        } else if ((rc = read_text(path, &text, &len, msg, sizeof msg)) != AR_OK) {
+        } else if ((rc = rule_text(e, path, 0, &text, &len, msg, sizeof msg)) != AR_OK) {
             char m2[sizeof msg];
             memcpy(m2, msg, sizeof m2);
             ar_seterr(msg, sizeof msg, rc, "%s: NamingHook: %s", r->file, m2);
@@ -265,12 +294,38 @@ int ar_engine_load_rule_files(ar_engine *e, const char *const *files, size_t n,
     free(e->rules);
     e->rules = rules;
     e->nrules = n;
+    ar_ruleset_free(e->loaded);
+    e->loaded = NULL;
+    if (!e->replay && ar_ruleset_new(&e->recording) != AR_OK)
+        e->recording = NULL; /* out of memory: no set to hand on */
     for (i = 0; i < n; i++)
         fill_identity(&rules[i], files[i]);
     for (i = 0; i < n; i++)
         load_one(e, i);
+    e->loaded = e->recording;
+    e->recording = NULL;
     lua_gc(e->L, LUA_GCCOLLECT);
     return AR_OK;
+}
+
+ar_ruleset *ar_engine_ruleset(ar_engine *e)
+{
+    return ar_ruleset_ref(e->loaded);
+}
+
+int ar_engine_load_ruleset(ar_engine *e, const ar_ruleset *s, char *err, size_t errlen)
+{
+    size_t n = ar_ruleset_rules(s, NULL, 0);
+    const char **paths = calloc(n ? n : 1, sizeof *paths);
+    int rc;
+    if (!paths)
+        return ar_seterr(err, errlen, AR_ENOMEM, "out of memory for %zu rules", n);
+    ar_ruleset_rules(s, paths, n);
+    e->replay = s;
+    rc = ar_engine_load_rule_files(e, paths, n, err, errlen);
+    e->replay = NULL;
+    free(paths);
+    return rc;
 }
 
 static int wanted(const char *name)

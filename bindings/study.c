@@ -6,7 +6,8 @@
  * its series ids (in study.series order) to drive evaluation.  A failed
  * set_study leaves no current study, so no rule runs against stale data.
  * An answer that is not JSON at all gives AR_ENET (garbled in transit:
- * retry); JSON of the wrong shape gives AR_ERR.
+ * retry); JSON of the wrong shape gives AR_ERR; answers too big for the
+ * engine's memory cap give AR_ENOMEM.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +80,7 @@ static int run_study(ar_engine *e, study_ctx *c, char *err, size_t errlen)
     size_t i;
     int rc;
 
+    size_t failed = e->mem.failed;
     ar_study_forget(e);
     rc = ar_door(e, study_door, c, 0, err, errlen);
     if (rc) {
@@ -86,6 +88,16 @@ static int run_study(ar_engine *e, study_ctx *c, char *err, size_t errlen)
             free(c->series[i]);
         free(c->series);
         return rc == AR_ENOMEM ? rc : AR_ERR;
+    }
+    if (c->garbled[0] && e->mem.failed != failed) {
+        /* the decoder's pcall met the memory cap: the study is too big, not garbled */
+        for (i = 0; i < c->nseries; i++)
+            free(c->series[i]);
+        free(c->series);
+        return ar_seterr(err, errlen, AR_ENOMEM,
+                         "not enough memory for the study's answers (the engine's limit is %zu "
+                         "MB): %s",
+                         e->mem.cap / (1024 * 1024), c->garbled);
     }
     if (c->garbled[0])
         return ar_seterr(err, errlen, AR_ENET, "%s", c->garbled);

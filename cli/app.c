@@ -30,6 +30,8 @@ ar_http_opts ar_app_http_opts(const ar_app *a)
         .password = a->cfg.orthanc_password,
         .timeout_s = a->cfg.http_timeout,
         .connect_timeout_s = 10,
+        .low_speed_limit = a->cfg.low_speed_limit,
+        .low_speed_time = a->cfg.low_speed_time,
     };
 }
 
@@ -77,6 +79,7 @@ int ar_app_load_rules(ar_app *a)
         ar_log(AR_LOG_ERROR, "rules.load", NULL, "%s", err);
         return AR_EXIT_FAIL;
     }
+    a->rules_gen++; /* the workers load the same folder again */
     size_t n = ar_engine_rule_count(a->engine), good = 0;
     for (size_t i = 0; i < n; i++) {
         const ar_rule_info *r = ar_engine_rule(a->engine, i);

@@ -23,6 +23,7 @@ typedef struct ar_app {
     ar_state *state;
     ar_engine *engine;
     uint64_t rules_sig;          /* fingerprint of the rules folder at last load */
+    uint64_t rules_gen;          /* bumped by each load of the rules folder */
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
     volatile sig_atomic_t *reload; /* set by SIGHUP */
     int decisions_failed;        /* stable events that could not be decided (logged) */

@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../bindings/jsonq.h"
+#include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "app.h"
 #include "toolkit.h"
@@ -149,7 +149,7 @@ int ar_cmd_backtest(int argc, char **argv)
     } else {
         rc = ar_http_get(a.http, "/studies", &b, err, sizeof err);
     }
-    if (rc || ar_jsonq_list(b.data, b.len, "", &studies, &nstudies, err, sizeof err)) {
+    if (rc || ar_ojson_list(b.data, b.len, "", &studies, &nstudies, err, sizeof err)) {
         fprintf(stderr, "autorthanc backtest: cannot list the studies: %s\n", err);
         goto out;
     }

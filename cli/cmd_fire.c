@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "../bindings/jsonq.h"
+#include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "app.h"
 #include "daemon.h"
@@ -60,7 +60,7 @@ static int current_cursor(ar_app *a, int64_t *cursor, char *err, size_t errlen)
         char last[64];
         rc = ar_http_get(a->http, "/changes?last", &b, err, errlen);
         if (!rc)
-            rc = ar_jsonq_get(b.data, b.len, "Last", last, sizeof last, err, errlen);
+            rc = ar_ojson_get(b.data, b.len, "Last", last, sizeof last, err, errlen);
         ar_buf_free(&b);
         if (rc)
             return rc;

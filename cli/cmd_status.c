@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../bindings/jsonq.h"
+#include "../core/orthanc_json.h"
 #include "app.h"
 #include "opts.h"
 #include "status.h"
@@ -33,12 +33,12 @@ int ar_cmd_status(int argc, char **argv)
         goto out;
     int reachable = 0;
     if (ar_http_get(a.http, "/system", &b, orthanc_err, sizeof orthanc_err) == 0 &&
-        ar_jsonq_get(b.data, b.len, "Version", version, sizeof version, orthanc_err,
+        ar_ojson_get(b.data, b.len, "Version", version, sizeof version, orthanc_err,
                      sizeof orthanc_err) == 0) {
         reachable = 1;
         ar_buf_free(&b);
         if (ar_http_get(a.http, "/changes?last", &b, err, sizeof err) == 0)
-            ar_jsonq_get(b.data, b.len, "Last", last, sizeof last, err, sizeof err);
+            ar_ojson_get(b.data, b.len, "Last", last, sizeof last, err, sizeof err);
     }
     ar_buf_free(&b);
 
@@ -76,6 +76,15 @@ int ar_cmd_status(int argc, char **argv)
         }
         printf("jobs      %zu pending, %zu done, %zu failed, %zu gone\n", c.jobs[AR_JOB_PENDING],
                c.jobs[AR_JOB_DONE], c.jobs[AR_JOB_FAILED], c.jobs[AR_JOB_GONE]);
+        ar_lane_view *lanes = NULL;
+        size_t nl = 0;
+        ar_status_lanes(&a, &lanes, &nl);
+        for (size_t i = 0; i < nl; i++) {
+            char line[1024];
+            ar_status_lane_text(&lanes[i], line, sizeof line);
+            printf("lane      %s: %s\n", lanes[i].name, line);
+        }
+        free(lanes);
         for (size_t i = 0, shown = 0; i < nrecent && shown < 5; i++)
             if (recent[i].status == AR_JOB_FAILED) {
                 printf("          failed job %" PRId64 " (%s, %s): %s\n", recent[i].id,

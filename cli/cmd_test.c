@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "../bindings/cases.h"
-#include "../bindings/jsonq.h"
+#include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "app.h"
 #include "toolkit.h"
@@ -57,7 +57,7 @@ static void field(const char *body, size_t len, const char *prefix, const char *
 {
     char full[256];
     snprintf(full, sizeof full, "%s%s", prefix, path);
-    if (ar_jsonq_get(body, len, full, out, outlen, NULL, 0))
+    if (ar_ojson_get(body, len, full, out, outlen, NULL, 0))
         out[0] = '\0';
 }
 
@@ -81,13 +81,13 @@ static void series_label(const char *body, size_t len, const char *prefix, const
     char path[64];
     snprintf(out, outlen, "?");
     snprintf(path, sizeof path, "%.*s", prefix[0] ? (int)strlen(prefix) - 1 : 0, prefix);
-    if (ar_jsonq_list(body, len, path, &ids, &n, NULL, 0))
+    if (ar_ojson_list(body, len, path, &ids, &n, NULL, 0))
         return;
     for (size_t i = 0; i < n; i++) {
         if (strcmp(ids[i], id) != 0)
             continue;
         char p2[96], num[32], mod[32], desc[256];
-        snprintf(p2, sizeof p2, "%s%zu.", prefix, i + 1);
+        snprintf(p2, sizeof p2, "%s%zu.", prefix, i);
         field(body, len, p2, "MainDicomTags.SeriesNumber", num, sizeof num);
         field(body, len, p2, "MainDicomTags.Modality", mod, sizeof mod);
         field(body, len, p2, "MainDicomTags.SeriesDescription", desc, sizeof desc);

@@ -1,10 +1,13 @@
-/* daemon.h - the watch loop: changes -> decisions -> ledger -> jobs.
+/* daemon.h - the daemon's wiring: the watcher in this thread (changes ->
+ * decisions -> ledger, cli/watcher.h), the workers in theirs (ledger ->
+ * lanes -> jobs, cli/workers.h), signals, reloads and status.
  *
  * Promises: the cursor moves past a change only in the same transaction that
  * records the jobs that change caused (core/state.h), so a crash at any point
  * either redoes the decision or finds its jobs in the ledger; jobs are marked
- * done only after the final rename (core/export.h).  Orthanc being down is
- * logged once per outage; the loop keeps its position and resumes by itself.
+ * done only after the final rename (core/export.h).  The watcher never waits
+ * for a transfer.  Orthanc being down is logged once per outage; the loop
+ * keeps its position, starts no job meanwhile and resumes by itself.
  */
 #ifndef AR_DAEMON_H
 #define AR_DAEMON_H

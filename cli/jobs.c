@@ -1,14 +1,15 @@
-/* jobs.c - execute one ledger job: DOWNLOAD (plan -> claim -> export) or
- * FORWARD (Orthanc store job, waited for). */
+/* jobs.c - execute one ledger job: DOWNLOAD (plan -> claim -> export) or,
+ * for `fire`, FORWARD (Orthanc store job, waited for; the daemon's workers
+ * track forwards without waiting, cli/workers.c). */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/statvfs.h>
 #include <time.h>
 
-#include "../bindings/jsonq.h"
 #include "../core/err.h"
 #include "../core/export.h"
+#include "../core/forward.h"
 #include "../core/log.h"
 #include "../core/orthanc.h"
 #include "../core/sanitize.h"
@@ -87,13 +88,11 @@ out:
     return rc;
 }
 
-static int do_forward(ar_job_work *w, char *err, size_t errlen);
-
 void ar_job_transfer(ar_job_work *w)
 {
     w->err[0] = 0;
     if (w->forward)
-        w->rc = do_forward(w, w->err, sizeof w->err);
+        w->rc = ar_seterr(w->err, sizeof w->err, AR_ERR, "a forward is not a transfer");
     else
         w->rc = ar_export_download(w->http, w->storage, w->folder, w->plan.files, w->plan.n,
                                    &w->eo, &w->res, w->err, sizeof w->err);
@@ -135,72 +134,37 @@ void ar_job_work_free(ar_job_work *w)
     memset(&w->plan, 0, sizeof w->plan);
 }
 
-static int do_forward(ar_job_work *w, char *err, size_t errlen)
+/* A forward run to its end in this thread (`fire`): submit, then look at
+ * Orthanc's job until it is over, the deadline passes or a stop comes. */
+static int forward_wait(ar_app *a, ar_job_work *w, char *err, size_t errlen)
 {
-    int rc = AR_ERR;
-    ar_buf b = {0};
-    char path[1024], seg[768], jobid[128], state[64], desc[512];
-    const ar_job *job = &w->job;
-    ar_http *http = w->http;
-
-    if (!ar_orthanc_valid_id(job->resource_id))
-        return ar_seterr(err, errlen, AR_EHTTP, "invalid resource id '%s'", job->resource_id);
-    if (ar_url_segment(w->destination, seg, sizeof seg))
-        return ar_seterr(err, errlen, AR_ERULE, "modality name too long");
-    snprintf(path, sizeof path, "/modalities/%s/store", seg);
-    char body[256];
-    snprintf(body, sizeof body, "{\"Resources\":[\"%s\"],\"Asynchronous\":true}", job->resource_id);
-    rc = ar_http_post(http, path, body, strlen(body), NULL, &b, err, errlen);
-    if (rc) {
-        char detail[512] = "";
-        if (b.data && ar_jsonq_get(b.data, b.len, "Message", detail, sizeof detail, NULL, 0) == 0)
-            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", w->destination,
-                      detail);
-        else {
-            char tmp[1024];
-            snprintf(tmp, sizeof tmp, "%s", err);
-            ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", w->destination, tmp);
-        }
-        if (rc == AR_ENOTFOUND)
-            rc = AR_EHTTP; /* unknown modality: the study is not "gone" */
-        goto out;
-    }
-    if ((rc = ar_jsonq_get(b.data, b.len, "ID", jobid, sizeof jobid, err, errlen)))
-        goto out;
-    if (!ar_orthanc_valid_id(jobid)) {
-        rc = ar_seterr(err, errlen, AR_ENET, "Orthanc returned an odd job id '%s'", jobid);
-        goto out;
-    }
+    char jobid[128], what[64];
+    int state = AR_FWD_RUNNING, rc;
+    double t0 = now_s();
+    if ((rc = ar_forward_submit(a->http, w->destination, w->job.resource_id, jobid, sizeof jobid,
+                                err, errlen)))
+        return rc;
     for (;;) {
-        ar_buf_free(&b);
-        snprintf(path, sizeof path, "/jobs/%s", jobid);
-        if ((rc = ar_http_get(http, path, &b, err, errlen)))
-            goto out;
-        if ((rc = ar_jsonq_get(b.data, b.len, "State", state, sizeof state, err, errlen)))
-            goto out;
-        if (strcmp(state, "Success") == 0)
-            break;
-        if (strcmp(state, "Failure") == 0) {
-            if (ar_jsonq_get(b.data, b.len, "ErrorDescription", desc, sizeof desc, NULL, 0))
-                snprintf(desc, sizeof desc, "unknown error");
-            char details[256] = "";
-            ar_jsonq_get(b.data, b.len, "ErrorDetails", details, sizeof details, NULL, 0);
-            rc = ar_seterr(err, errlen, AR_ENET, "forward to modality '%s' failed: %s%s%s",
-                           w->destination, desc, details[0] ? ": " : "", details);
-            goto out;
-        }
-        if (w->eo.stop && *w->eo.stop) {
-            rc = ar_seterr(err, errlen, AR_ESTOP, "stopped while forwarding to '%s'",
-                           w->destination);
-            goto out;
+        if ((rc = ar_forward_look(a->http, w->destination, jobid, &state, what, sizeof what, err,
+                                  errlen)))
+            return rc;
+        if (state == AR_FWD_SUCCESS)
+            return AR_OK;
+        if (state == AR_FWD_FAILURE)
+            return AR_ENET;
+        if (a->stop && *a->stop)
+            return ar_seterr(err, errlen, AR_ESTOP, "stopped while forwarding to '%s'",
+                             w->destination);
+        if (now_s() - t0 > a->cfg.forward_timeout) {
+            ar_forward_cancel(a->http, jobid);
+            return ar_seterr(err, errlen, AR_ENET,
+                             "forward to modality '%s' gave up after %.0f s (forward_timeout): "
+                             "Orthanc's job %s was still %s",
+                             w->destination, a->cfg.forward_timeout, jobid, what);
         }
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL); /* waiting on Orthanc's job, not synchronising a test */
     }
-    rc = AR_OK;
-out:
-    ar_buf_free(&b);
-    return rc;
 }
 
 int ar_job_execute(ar_app *a, const ar_job *job, char *err, size_t errlen)
@@ -210,7 +174,12 @@ int ar_job_execute(ar_app *a, const ar_job *job, char *err, size_t errlen)
     if (rc)
         return rc;
     w.http = a->http;
-    ar_job_transfer(&w);
+    if (w.forward) {
+        w.rc = forward_wait(a, &w, w.err, sizeof w.err);
+        w.seconds = now_s() - w.t0;
+    } else {
+        ar_job_transfer(&w);
+    }
     rc = ar_job_finish(a, &w, err, errlen);
     ar_job_work_free(&w);
     return rc;

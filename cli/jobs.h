@@ -3,8 +3,11 @@
  *            folder claim and the free-space check, or the forward target;
  *   transfer (any thread: network and disk only, through w->http, which
  *            the caller provides and no other thread uses meanwhile);
+ *            downloads only: a forward is Orthanc's job (core/forward.h);
  *   finish   (main thread) the ledger entry, the log line, on_exported.
- * ar_job_execute runs the three in a row on the app's own client. */
+ * "Main thread" is the thread that owns the ar_app (its engine and state):
+ * each daemon worker owns one (cli/workers.c).  ar_job_execute runs the
+ * three in a row on the app's own client, waiting for a forward to end. */
 #ifndef AR_JOBS_H
 #define AR_JOBS_H
 

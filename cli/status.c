@@ -1,4 +1,4 @@
-/* status.c - see status.h.  Strings are quoted by lua-cjson (ar_jsonq_quote). */
+/* status.c - see status.h.  Strings are quoted by ar_json_quote (core/orthanc_json.h). */
 #include "status.h"
 
 #include <errno.h>
@@ -11,8 +11,11 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../bindings/jsonq.h"
 #include "../core/err.h"
+#include "../core/lanes.h"
+#include "../core/orthanc_json.h"
+
+#define LANES_KV_MAX 32768
 
 typedef struct sbuf {
     char *p;
@@ -52,7 +55,7 @@ static void sb_add(sbuf *b, const char *fmt, ...)
 static void sb_str(sbuf *b, const char *s)
 {
     char *q = NULL;
-    if (ar_jsonq_quote(s ? s : "", &q, NULL, 0) == 0) {
+    if (ar_json_quote(s ? s : "", &q, NULL, 0) == 0) {
         sb_add(b, "%s", q);
         free(q);
     } else {
@@ -111,6 +114,123 @@ out:
     return *out ? AR_OK : AR_ERR;
 }
 
+void ar_status_save_lanes(ar_app *a, const ar_lane_info *v, size_t n)
+{
+    sbuf b = {0};
+    char err[512];
+    for (size_t i = 0; i < n; i++) {
+        char why[512];
+        size_t k = 0;
+        for (const char *p = v[i].last_error; *p && k + 1 < sizeof why; p++)
+            why[k++] = (*p == '\t' || *p == '\n') ? ' ' : *p;
+        why[k] = 0;
+        sb_add(&b, "%s\t%d\t%.3f\t%.3f\t%d\t%s\n", v[i].name, v[i].down, v[i].down_since,
+               v[i].next_probe_at, v[i].failures, why);
+    }
+    if (!b.oom && a->state && b.n < LANES_KV_MAX)
+        ar_state_set_kv(a->state, "lanes", b.p ? b.p : "", err, sizeof err);
+    free(b.p);
+}
+
+static ar_lane_view *view_of(ar_lane_view **v, size_t *n, size_t *cap, const char *name)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*v)[i].name, name) == 0)
+            return &(*v)[i];
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 8;
+        ar_lane_view *nv = realloc(*v, nc * sizeof *nv);
+        if (!nv)
+            return NULL;
+        *v = nv;
+        *cap = nc;
+    }
+    ar_lane_view *x = &(*v)[(*n)++];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, sizeof x->name, "%s", name);
+    return x;
+}
+
+static int by_name(const void *x, const void *y)
+{
+    return strcmp(((const ar_lane_view *)x)->name, ((const ar_lane_view *)y)->name);
+}
+
+int ar_status_lanes(ar_app *a, ar_lane_view **out, size_t *n)
+{
+    char err[512];
+    char *kv = NULL;
+    ar_lane_count *counts = NULL;
+    ar_lane_view *v = NULL;
+    size_t nv = 0, cap = 0, nc = 0;
+    int has = 0, rc = AR_ERR;
+    *out = NULL;
+    *n = 0;
+    if (!a->state)
+        return AR_ERR;
+    kv = malloc(LANES_KV_MAX);
+    if (!kv)
+        goto out;
+    if (ar_state_get_kv(a->state, "lanes", kv, LANES_KV_MAX, &has, err, sizeof err))
+        goto out;
+    for (char *line = has ? kv : NULL; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl)
+            *nl = 0;
+        char name[AR_LANE_LEN] = "", why[512] = "";
+        int down = 0, failures = 0;
+        double since = 0, probe = 0;
+        if (sscanf(line, "%159[^\t]\t%d\t%lf\t%lf\t%d\t%511[^\n]", name, &down, &since, &probe,
+                   &failures, why) >= 5) {
+            ar_lane_view *x = view_of(&v, &nv, &cap, name);
+            if (!x)
+                goto out;
+            x->down = down;
+            x->down_since = since;
+            x->next_probe_at = probe;
+            x->failures = failures;
+            snprintf(x->error, sizeof x->error, "%s", why);
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    if (ar_state_pending_by_lane(a->state, &counts, &nc, err, sizeof err))
+        goto out;
+    for (size_t i = 0; i < nc; i++) {
+        ar_lane_view *x = view_of(&v, &nv, &cap, counts[i].lane[0] ? counts[i].lane : "storage");
+        if (!x)
+            goto out;
+        x->pending += counts[i].pending;
+    }
+    if (nv)
+        qsort(v, nv, sizeof *v, by_name);
+    *out = v;
+    *n = nv;
+    v = NULL;
+    rc = AR_OK;
+out:
+    free(v);
+    free(counts);
+    free(kv);
+    return rc;
+}
+
+void ar_status_lane_text(const ar_lane_view *l, char *out, size_t outlen)
+{
+    if (!l->down) {
+        snprintf(out, outlen, "up, %zu waiting", l->pending);
+        return;
+    }
+    char since[32] = "?";
+    time_t t = (time_t)l->down_since;
+    struct tm tm;
+    if (localtime_r(&t, &tm))
+        strftime(since, sizeof since, "%H:%M:%S", &tm);
+    double left = l->next_probe_at - (double)time(NULL);
+    snprintf(out, outlen, "DOWN since %s (%d failure%s), next probe in %.0f s, %zu waiting: %s",
+             since, l->failures, l->failures == 1 ? "" : "s", left > 0 ? left : 0, l->pending,
+             l->error);
+}
+
 int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, size_t errlen)
 {
     sbuf b = {0};
@@ -164,6 +284,23 @@ int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, siz
         sb_str(&b, j->last_error);
         sb_add(&b, "}");
     }
+    sb_add(&b, "],\"lanes\":[");
+    ar_lane_view *lanes = NULL;
+    size_t nl = 0;
+    ar_status_lanes(a, &lanes, &nl);
+    for (size_t i = 0; i < nl; i++) {
+        const ar_lane_view *l = &lanes[i];
+        sb_add(&b, "%s{\"name\":", i ? "," : "");
+        sb_str(&b, l->name);
+        sb_add(&b, ",\"state\":\"%s\",\"waiting\":%zu", l->down ? "down" : "up", l->pending);
+        if (l->down) {
+            sb_add(&b, ",\"down_since\":%.0f,\"next_probe_at\":%.0f,\"failures\":%d,\"error\":",
+                   l->down_since, l->next_probe_at, l->failures);
+            sb_str(&b, l->error);
+        }
+        sb_add(&b, "}");
+    }
+    free(lanes);
     sb_add(&b, "]}");
     free(recent);
     if (b.oom) {

@@ -29,6 +29,27 @@ void ar_status_counts_read(ar_app *a, ar_status_counts *c);
  * first, at most max.  *out malloc'ed. */
 int ar_status_recent_errors(ar_app *a, size_t max, ar_job **out, size_t *n);
 
+/* Each lane the daemon knows (its health, as of the daemon's last cycle)
+ * or that has PENDING jobs (their number from the ledger), in name order. */
+typedef struct ar_lane_view {
+    char name[AR_LANE_LEN];
+    int down;
+    double down_since, next_probe_at; /* unix time */
+    int failures;
+    char error[512];
+    size_t pending;
+} ar_lane_view;
+
+int ar_status_lanes(ar_app *a, ar_lane_view **out, size_t *n);
+
+/* The daemon's lane table into the ledger (meta "lanes"), for `status`. */
+struct ar_lane_info;
+void ar_status_save_lanes(ar_app *a, const struct ar_lane_info *v, size_t n);
+
+/* One line about a lane: "up, 3 waiting", "DOWN since 14:04:05 (2
+ * failures), next probe in 40 s, 7 waiting: <why>". */
+void ar_status_lane_text(const ar_lane_view *l, char *out, size_t outlen);
+
 /* *out malloc'ed JSON text (one line, no newline). */
 int ar_status_json(ar_app *a, const ar_status_in *in, char **out, char *err, size_t errlen);
 

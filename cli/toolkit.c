@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../bindings/jsonq.h"
+#include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "../core/sanitize.h"
 
@@ -31,13 +31,13 @@ int ar_tool_resolve_study(ar_app *a, const char *ref, char *id, size_t idlen, ch
     rc = ar_http_post(a->http, "/tools/lookup", ref, strlen(ref), "text/plain", &b, err, errlen);
     if (rc)
         goto out;
-    if ((rc = ar_jsonq_list(b.data, b.len, "", &ids, &n, err, errlen)))
+    if ((rc = ar_ojson_list(b.data, b.len, "", &ids, &n, err, errlen)))
         goto out;
     rc = ar_seterr(err, errlen, AR_ENOTFOUND, "no study has the id or StudyInstanceUID '%s'", ref);
     for (size_t i = 0; i < n; i++) {
         char key[32], type[32];
-        snprintf(key, sizeof key, "%zu.Type", i + 1);
-        if (ar_jsonq_get(b.data, b.len, key, type, sizeof type, NULL, 0) == 0 &&
+        snprintf(key, sizeof key, "%zu.Type", i);
+        if (ar_ojson_get(b.data, b.len, key, type, sizeof type, NULL, 0) == 0 &&
             strcmp(type, "Study") == 0 && ar_orthanc_valid_id(ids[i])) {
             snprintf(id, idlen, "%s", ids[i]);
             rc = AR_OK;

@@ -71,6 +71,10 @@ static const key_def keys[] = {
     { "output_gid", "AUTORTHANC_OUTPUT_GID", NULL, K_LONG, NUM_FIELD(output_gid), -1, 4294967294.0 },
     { "max_connections", "AUTORTHANC_MAX_CONNECTIONS", NULL, K_INT, NUM_FIELD(max_connections), 1, 256 },
     { "max_parallel_exports", "AUTORTHANC_MAX_PARALLEL_EXPORTS", NULL, K_INT, NUM_FIELD(max_parallel_exports), 1, 64 },
+    { "forward_concurrency", "AUTORTHANC_FORWARD_CONCURRENCY", NULL, K_INT, NUM_FIELD(forward_concurrency), 1, 64 },
+    { "forward_timeout", "AUTORTHANC_FORWARD_TIMEOUT", NULL, K_DOUBLE, NUM_FIELD(forward_timeout), 1, 30 * 86400 },
+    { "low_speed_limit", "AUTORTHANC_LOW_SPEED_LIMIT", NULL, K_LONG, NUM_FIELD(low_speed_limit), 1, 1e9 },
+    { "low_speed_time", "AUTORTHANC_LOW_SPEED_TIME", NULL, K_LONG, NUM_FIELD(low_speed_time), 1, 86400 },
     { "http_timeout", "AUTORTHANC_HTTP_TIMEOUT", NULL, K_LONG, NUM_FIELD(http_timeout), 0, 86400 },
     { "fsync", "AUTORTHANC_FSYNC", NULL, K_BOOL, NUM_FIELD(fsync), 0, 0 },
     { "verify_md5", "AUTORTHANC_VERIFY_MD5", NULL, K_BOOL, NUM_FIELD(verify_md5), 0, 0 },
@@ -101,6 +105,10 @@ void ar_config_defaults(ar_config *c)
     c->output_gid = -1;
     c->max_connections = 4;
     c->max_parallel_exports = 2;
+    c->forward_concurrency = 1;
+    c->forward_timeout = 3600;
+    c->low_speed_limit = 1000;
+    c->low_speed_time = 30;
     c->http_timeout = 60;
     c->fsync = 1;
     c->verify_md5 = 0;

@@ -20,6 +20,11 @@
  *   output_gid            AUTORTHANC_OUTPUT_GID                         -1
  *   max_connections       AUTORTHANC_MAX_CONNECTIONS (parallel transfers) 4
  *   max_parallel_exports  AUTORTHANC_MAX_PARALLEL_EXPORTS               2
+ *   forward_concurrency   AUTORTHANC_FORWARD_CONCURRENCY (per FORWARD target) 1
+ *   forward_timeout       AUTORTHANC_FORWARD_TIMEOUT (seconds a FORWARD may run) 3600
+ *   low_speed_limit       AUTORTHANC_LOW_SPEED_LIMIT (bytes/s)          1000
+ *   low_speed_time        AUTORTHANC_LOW_SPEED_TIME (seconds below the limit
+ *                         before a transfer is cut and retried)         30
  *   http_timeout          AUTORTHANC_HTTP_TIMEOUT (seconds, per request, 0=none) 60
  *   fsync                 AUTORTHANC_FSYNC (true/false)                 true
  *   verify_md5            AUTORTHANC_VERIFY_MD5 (true/false)            false
@@ -55,7 +60,11 @@ typedef struct ar_config {
     long output_uid;               /* -1: do not chown */
     long output_gid;
     int max_connections;
-    int max_parallel_exports;
+    int max_parallel_exports;      /* the storage lane's concurrency */
+    int forward_concurrency;       /* each FORWARD target lane's concurrency */
+    double forward_timeout;        /* give a FORWARD up after this long in Orthanc */
+    long low_speed_limit;          /* bytes/s: slower for low_speed_time s = stalled */
+    long low_speed_time;
     long http_timeout;
     int fsync;
     int verify_md5;

@@ -736,7 +736,6 @@ int ar_export_download(ar_http *h, const char *storage_root, const char *final_r
     ar_transfer_opts topts = {
         .max_connections = o->max_connections > 0 ? o->max_connections : 1,
         .fsync = o->fsync,
-        .low_speed_timeout_s = 0,
         .stop = o->stop,
         .progress = o->progress,
         .progress_ud = o->progress_ud,

@@ -32,6 +32,7 @@ struct ar_http {
     char *password;
     long timeout_s;
     long connect_timeout_s;
+    long low_speed_limit, low_speed_time;
     char curl_err[CURL_ERROR_SIZE];
 };
 
@@ -169,6 +170,8 @@ int ar_http_new(const ar_http_opts *o, ar_http **out, char *err, size_t errlen)
     }
     h->timeout_s = o->timeout_s > 0 ? o->timeout_s : 0;
     h->connect_timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 10;
+    h->low_speed_limit = o->low_speed_limit > 0 ? o->low_speed_limit : 1;
+    h->low_speed_time = o->low_speed_time > 0 ? o->low_speed_time : 60;
 
     h->easy = curl_easy_init();
     if (!h->easy) {
@@ -181,6 +184,8 @@ int ar_http_new(const ar_http_opts *o, ar_http **out, char *err, size_t errlen)
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, h->connect_timeout_s);
     curl_easy_setopt(e, CURLOPT_TIMEOUT, h->timeout_s);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, h->low_speed_limit);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, h->low_speed_time);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, h->curl_err);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, body_write);
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
@@ -239,6 +244,8 @@ const char *ar_http_base(const ar_http *h) { return h->base; }
 const char *ar_http_username(const ar_http *h) { return h->username; }
 const char *ar_http_password(const ar_http *h) { return h->password; }
 long ar_http_connect_timeout(const ar_http *h) { return h->connect_timeout_s; }
+long ar_http_low_speed_limit(const ar_http *h) { return h->low_speed_limit; }
+long ar_http_low_speed_time(const ar_http *h) { return h->low_speed_time; }
 
 int ar_http_status_rc(long status)
 {
@@ -246,7 +253,8 @@ int ar_http_status_rc(long status)
         return AR_OK;
     if (status == 404)
         return AR_ENOTFOUND;
-    if (status >= 500 || status == 0)
+    /* 408 Request Timeout and 429 Too Many Requests are the server's "later" */
+    if (status >= 500 || status == 0 || status == 408 || status == 429)
         return AR_ENET;
     return AR_EHTTP;  /* 1xx/3xx (we never follow redirects) and 4xx */
 }

@@ -7,7 +7,7 @@
  * error; they never contain the password.
  *
  * Return codes: AR_OK for 2xx; AR_ENOTFOUND for 404; AR_EHTTP for other 4xx;
- * AR_ENET for connection errors, timeouts and 5xx.  out->status always holds
+ * AR_ENET for connection errors, timeouts, 408, 429 and 5xx (worth retrying).  out->status always holds
  * the HTTP status (0 if none).  Bodies of error answers are kept in out too.
  */
 #ifndef AR_HTTP_H
@@ -31,6 +31,9 @@ typedef struct ar_http_opts {
     const char *password;
     long timeout_s;         /* whole-request timeout for small requests, 0 = none */
     long connect_timeout_s; /* default 10 */
+    long low_speed_limit;   /* bytes/s; an answer slower than this for      */
+    long low_speed_time;    /* low_speed_time s is cut (a stalled server):
+                               defaults 1 B/s, 60 s; transfers use them too */
 } ar_http_opts;
 
 int ar_http_new(const ar_http_opts *o, ar_http **out, char *err, size_t errlen);
@@ -50,6 +53,8 @@ const char *ar_http_base(const ar_http *h);
 const char *ar_http_username(const ar_http *h);
 const char *ar_http_password(const ar_http *h);
 long ar_http_connect_timeout(const ar_http *h);
+long ar_http_low_speed_limit(const ar_http *h);
+long ar_http_low_speed_time(const ar_http *h);
 
 /* Shared with the transfer module: initialise libcurl once per process
  * (thread-safe), and map an HTTP status to a return code as above. */

@@ -6,7 +6,13 @@
  *        attempts, next_attempt_at, last_error, path, bytes, created_at,
  *        updated_at, UNIQUE(rule, resource_id, change_seq))
  *   folders(rel PRIMARY KEY, owner)       who owns each export folder
- * A database written by a newer autorthanc (user_version > 1) is refused
+ *   watch(resource_id, level, seq)        arrivals not yet seen stable
+ * Schema version 2 adds to jobs: lane (the destination the job waits for:
+ * "storage", "modality:<name>", "decide"), priority (-1 urgent, 0 normal,
+ * 1 low), remote_job (Orthanc's job id of a FORWARD in flight) and
+ * submitted_at; a version 1 database is migrated in place (its forward jobs
+ * get their lane from the loaded rules, ar_state_fill_lane).
+ * A database written by a newer autorthanc (user_version > 2) is refused
  * rather than guessed at.  Every statement is prepared once at open; every
  * SQLite error becomes AR_EIO with a message naming the database file.
  * Multi-statement changes run inside BEGIN IMMEDIATE, so a second process on
@@ -26,7 +32,7 @@
 #include <sys/types.h>
 #include <time.h>
 
-#define SCHEMA_VERSION 1
+#define SCHEMA_VERSION 2
 #define BUSY_TIMEOUT_MS 10000
 #define DB_NAME "autorthanc.sqlite"
 #define CLAIM_MAX_TRIES 100000
@@ -44,19 +50,30 @@ enum {
     Q_JOB_REQUEUE,
     Q_FOLDER_GET,
     Q_FOLDER_PUT,
+    Q_JOB_CLAIMABLE,
+    Q_JOB_LANES,
+    Q_JOB_IN_FLIGHT,
+    Q_JOB_REMOTE,
+    Q_JOB_WAIT,
+    Q_JOB_NEWER,
+    Q_JOB_FILL_LANE,
+    Q_JOB_DUE_NOW,
+    Q_JOB_BY_LANE,
     Q_COUNT
 };
 
 #define JOB_COLS "id, rule, level, resource_id, study_id, change_seq, action, status, " \
-                 "attempts, next_attempt_at, last_error, path, bytes"
+                 "attempts, next_attempt_at, last_error, path, bytes, lane, priority, " \
+                 "remote_job, submitted_at"
 
 static const char *const sql_text[Q_COUNT] = {
     [Q_KV_GET] = "SELECT value FROM meta WHERE key = ?1",
     [Q_KV_SET] = "INSERT INTO meta(key, value) VALUES(?1, ?2) "
                  "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
     [Q_JOB_INSERT] = "INSERT INTO jobs(rule, level, resource_id, study_id, change_seq, action, "
-                     "status, attempts, next_attempt_at, last_error, path, bytes, created_at, updated_at) "
-                     "VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, '', '', 0, ?7, ?7) "
+                     "status, attempts, next_attempt_at, last_error, path, bytes, created_at, updated_at, "
+                     "lane, priority) "
+                     "VALUES(?1, ?2, ?3, ?4, ?5, ?6, 0, 0, 0, '', '', 0, ?7, ?7, ?8, ?9) "
                      "ON CONFLICT(rule, resource_id, change_seq) DO NOTHING",
     [Q_JOB_DUE] = "SELECT " JOB_COLS " FROM jobs WHERE status = 0 AND next_attempt_at <= ?1 ORDER BY id",
     [Q_JOB_LIST] = "SELECT " JOB_COLS " FROM jobs WHERE ?1 < 0 OR status = ?1 ORDER BY id",
@@ -71,6 +88,22 @@ static const char *const sql_text[Q_COUNT] = {
                       "WHERE status = 2 AND (?1 < 0 OR id = ?1)",
     [Q_FOLDER_GET] = "SELECT owner = ?2 FROM folders WHERE rel = ?1",
     [Q_FOLDER_PUT] = "INSERT INTO folders(rel, owner) VALUES(?1, ?2)",
+    /* a lane's next jobs: forwards in flight first (their poll is due), then
+     * by priority, fresh jobs before retries, oldest first */
+    [Q_JOB_CLAIMABLE] = "SELECT " JOB_COLS " FROM jobs WHERE status = 0 AND lane = ?1 AND "
+                        "((remote_job = '' AND next_attempt_at <= ?2) OR (remote_job <> '' AND next_attempt_at <= ?3)) "
+                        "ORDER BY remote_job = '', priority, attempts > 0, id LIMIT ?4",
+    [Q_JOB_LANES] = "SELECT DISTINCT lane FROM jobs WHERE status = 0 ORDER BY lane",
+    [Q_JOB_BY_LANE] = "SELECT lane, count(*) FROM jobs WHERE status = 0 GROUP BY lane ORDER BY lane",
+    [Q_JOB_IN_FLIGHT] = "SELECT count(*) FROM jobs WHERE status = 0 AND lane = ?1 AND remote_job <> ''",
+    [Q_JOB_REMOTE] = "UPDATE jobs SET remote_job = ?2, submitted_at = ?3, next_attempt_at = ?4, "
+                     "updated_at = ?5 WHERE id = ?1",
+    [Q_JOB_WAIT] = "UPDATE jobs SET last_error = ?2, next_attempt_at = ?3, updated_at = ?4 WHERE id = ?1",
+    [Q_JOB_NEWER] = "SELECT id FROM jobs WHERE status = 0 AND rule = ?1 AND resource_id = ?2 AND id > ?3 "
+                    "ORDER BY id DESC LIMIT 1",
+    [Q_JOB_FILL_LANE] = "UPDATE jobs SET lane = ?2 WHERE (?1 IS NULL OR rule = ?1) AND lane = ''",
+    [Q_JOB_DUE_NOW] = "UPDATE jobs SET next_attempt_at = 0 WHERE status = 0 AND remote_job = '' "
+                      "AND next_attempt_at > 0",
 };
 
 static const char schema_v1[] =
@@ -107,6 +140,16 @@ static const char schema_v1[] =
     "  seq INTEGER NOT NULL\n"
     ");\n"
     "PRAGMA user_version = 1;\n";
+
+/* Version 1 -> 2: lanes, priorities, forwards tracked as Orthanc jobs. */
+static const char schema_v2[] =
+    "ALTER TABLE jobs ADD COLUMN lane TEXT NOT NULL DEFAULT '';\n"
+    "ALTER TABLE jobs ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE jobs ADD COLUMN remote_job TEXT NOT NULL DEFAULT '';\n"
+    "ALTER TABLE jobs ADD COLUMN submitted_at REAL NOT NULL DEFAULT 0;\n"
+    "UPDATE jobs SET lane = 'storage' WHERE action = 'download';\n"
+    "CREATE INDEX IF NOT EXISTS jobs_by_lane ON jobs(status, lane, priority, id);\n"
+    "PRAGMA user_version = 2;\n";
 
 struct ar_state {
     sqlite3 *db;
@@ -245,7 +288,8 @@ static int setup_schema(ar_state *st, char *err, size_t errlen)
     }
     if (version < 1 && (rc = exec_sql(st, schema_v1, "create schema", err, errlen)))
         goto out;
-    /* Future migrations: if (version < 2) ... */
+    if (version < 2 && (rc = exec_sql(st, schema_v2, "migrate schema to version 2", err, errlen)))
+        goto out;
     rc = commit(st, err, errlen);
 out:
     sqlite3_finalize(s);
@@ -433,7 +477,8 @@ int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_w
     double now = now_unix();
 
     for (i = 0; i < n; i++)
-        if (!jobs[i].rule[0] || !jobs[i].resource_id[0])
+        if ((!jobs[i].rule[0] && strcmp(jobs[i].action, "decide") != 0) ||
+            !jobs[i].resource_id[0])
             return ar_seterr(err, errlen, AR_ERR,
                              "state database %s: job %zu has no rule or resource id", st->path, i);
     if ((rc = begin(st, err, errlen)))
@@ -448,6 +493,8 @@ int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_w
         sqlite3_bind_int64(s, 5, j->change_seq);
         bind_field(s, 6, j->action, sizeof j->action);
         sqlite3_bind_double(s, 7, now);
+        bind_field(s, 8, j->lane, sizeof j->lane);
+        sqlite3_bind_int(s, 9, j->priority);
         if ((rc = step_done(st, Q_JOB_INSERT, "record job", NULL, err, errlen)))
             goto out;
     }
@@ -558,6 +605,10 @@ static int select_jobs(ar_state *st, int q, ar_job **out, size_t *n, const char 
         copy_col(s, 10, j->last_error, sizeof j->last_error);
         copy_col(s, 11, j->path, sizeof j->path);
         j->bytes = sqlite3_column_int64(s, 12);
+        copy_col(s, 13, j->lane, sizeof j->lane);
+        j->priority = sqlite3_column_int(s, 14);
+        copy_col(s, 15, j->remote_job, sizeof j->remote_job);
+        j->submitted_at = sqlite3_column_double(s, 16);
     }
     if (rc != SQLITE_DONE) {
         rc = db_fail(st, what, err, errlen);
@@ -663,6 +714,166 @@ int ar_state_job_requeue(ar_state *st, int64_t id, int *count, char *err, size_t
         return rc;
     *count = changes;
     return AR_OK;
+}
+
+int ar_state_claimable(ar_state *st, const char *lane, double horizon, double now, int limit,
+                       ar_job **out, size_t *n, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_CLAIMABLE];
+    bind_str(s, 1, lane);
+    sqlite3_bind_double(s, 2, horizon);
+    sqlite3_bind_double(s, 3, now);
+    sqlite3_bind_int(s, 4, limit > 0 ? limit : 1);
+    return select_jobs(st, Q_JOB_CLAIMABLE, out, n, "list a lane's jobs", err, errlen);
+}
+
+int ar_state_pending_lanes(ar_state *st, char (**lanes)[AR_LANE_LEN], size_t *n, char *err,
+                           size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_LANES];
+    char (*v)[AR_LANE_LEN] = NULL;
+    size_t len = 0, cap = 0;
+    int rc = AR_OK, step;
+    *lanes = NULL;
+    *n = 0;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            char (*nv)[AR_LANE_LEN] = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory listing lanes");
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        copy_col(s, 0, v[len++], AR_LANE_LEN);
+    }
+    if (step != SQLITE_DONE)
+        rc = db_fail(st, "list lanes", err, errlen);
+out:
+    done_stmt(s);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *lanes = v;
+    *n = len;
+    return AR_OK;
+}
+
+int ar_state_pending_by_lane(ar_state *st, ar_lane_count **out, size_t *n, char *err,
+                             size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_BY_LANE];
+    ar_lane_count *v = NULL;
+    size_t len = 0, cap = 0;
+    int rc = AR_OK, step;
+    *out = NULL;
+    *n = 0;
+    while ((step = sqlite3_step(s)) == SQLITE_ROW) {
+        if (len == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            ar_lane_count *nv = realloc(v, ncap * sizeof *nv);
+            if (!nv) {
+                rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory counting lanes");
+                goto out;
+            }
+            v = nv;
+            cap = ncap;
+        }
+        copy_col(s, 0, v[len].lane, sizeof v[len].lane);
+        v[len].pending = (size_t)sqlite3_column_int64(s, 1);
+        len++;
+    }
+    if (step != SQLITE_DONE)
+        rc = db_fail(st, "count jobs by lane", err, errlen);
+out:
+    done_stmt(s);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *out = v;
+    *n = len;
+    return AR_OK;
+}
+
+int ar_state_lane_in_flight(ar_state *st, const char *lane, int *count, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_IN_FLIGHT];
+    int rc = AR_OK;
+    *count = 0;
+    bind_str(s, 1, lane);
+    if (sqlite3_step(s) == SQLITE_ROW)
+        *count = sqlite3_column_int(s, 0);
+    else
+        rc = db_fail(st, "count forwards in flight", err, errlen);
+    done_stmt(s);
+    return rc;
+}
+
+int ar_state_job_remote(ar_state *st, int64_t id, const char *remote_job, double submitted_at,
+                        double next_at, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_REMOTE];
+    int rc, changes = 0;
+    sqlite3_bind_int64(s, 1, id);
+    bind_str(s, 2, remote_job);
+    sqlite3_bind_double(s, 3, submitted_at);
+    sqlite3_bind_double(s, 4, next_at);
+    sqlite3_bind_double(s, 5, now_unix());
+    if ((rc = step_done(st, Q_JOB_REMOTE, "record the Orthanc job of a forward", &changes, err,
+                        errlen)))
+        return rc;
+    return one_job_changed(st, changes, id, err, errlen);
+}
+
+int ar_state_job_wait(ar_state *st, int64_t id, const char *why, double next_at, char *err,
+                      size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_WAIT];
+    int rc, changes = 0;
+    sqlite3_bind_int64(s, 1, id);
+    bind_str(s, 2, why);
+    sqlite3_bind_double(s, 3, next_at);
+    sqlite3_bind_double(s, 4, now_unix());
+    if ((rc = step_done(st, Q_JOB_WAIT, "postpone job", &changes, err, errlen)))
+        return rc;
+    return one_job_changed(st, changes, id, err, errlen);
+}
+
+int ar_state_newer_job(ar_state *st, const ar_job *j, int64_t *newer, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_NEWER];
+    int rc = AR_OK, step;
+    *newer = 0;
+    bind_field(s, 1, j->rule, sizeof j->rule);
+    bind_field(s, 2, j->resource_id, sizeof j->resource_id);
+    sqlite3_bind_int64(s, 3, j->id);
+    step = sqlite3_step(s);
+    if (step == SQLITE_ROW)
+        *newer = sqlite3_column_int64(s, 0);
+    else if (step != SQLITE_DONE)
+        rc = db_fail(st, "look for a newer job", err, errlen);
+    done_stmt(s);
+    return rc;
+}
+
+int ar_state_fill_lane(ar_state *st, const char *rule, const char *lane, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = st->q[Q_JOB_FILL_LANE];
+    if (rule)
+        bind_str(s, 1, rule);
+    else
+        sqlite3_bind_null(s, 1);
+    bind_str(s, 2, lane);
+    return step_done(st, Q_JOB_FILL_LANE, "set the lane of migrated jobs", NULL, err, errlen);
+}
+
+int ar_state_jobs_due_now(ar_state *st, char *err, size_t errlen)
+{
+    return step_done(st, Q_JOB_DUE_NOW, "make pending jobs due", NULL, err, errlen);
 }
 
 /* ---- folder ownership ---------------------------------------------------- */

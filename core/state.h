@@ -10,7 +10,8 @@
  *    belongs to exactly one owner key ("<rule>|<orthanc resource id>"), so two
  *    different studies never share a folder.
  * The database is `<state_dir>/autorthanc.sqlite` (WAL mode, synchronous=FULL).
- * Not thread-safe: one ar_state per thread.
+ * Not thread-safe: one ar_state per thread (each opens its own connection;
+ * writers take turns through BEGIN IMMEDIATE and the busy timeout).
  */
 #ifndef AR_STATE_H
 #define AR_STATE_H
@@ -21,6 +22,10 @@
 typedef struct ar_state ar_state;
 
 enum { AR_JOB_PENDING = 0, AR_JOB_DONE = 1, AR_JOB_FAILED = 2, AR_JOB_GONE = 3 };
+/* a zeroed job is normal; urgent ones sort first */
+enum { AR_PRIORITY_URGENT = -1, AR_PRIORITY_NORMAL = 0, AR_PRIORITY_LOW = 1 };
+
+#define AR_LANE_LEN 160
 
 typedef struct ar_job {
     int64_t id;
@@ -29,13 +34,18 @@ typedef struct ar_job {
     char resource_id[128];   /* Orthanc id of the study or series */
     char study_id[128];      /* Orthanc id of the study */
     int64_t change_seq;      /* the Stable* change that caused the job */
-    char action[16];         /* "download" | "forward" */
+    char action[16];         /* "download" | "forward" | "decide" (a stable change
+                                that could not be decided yet: the watcher's) */
     int status;              /* AR_JOB_* */
     int attempts;
     double next_attempt_at;  /* unix time; 0 = now */
     char last_error[1024];
     char path[1024];         /* export folder relative to storage, once known */
     long long bytes;
+    char lane[AR_LANE_LEN];  /* "storage", "modality:<name>", "decide" */
+    int priority;            /* AR_PRIORITY_* */
+    char remote_job[128];    /* Orthanc job id of a forward in flight, "" none */
+    double submitted_at;     /* unix time the forward was submitted */
 } ar_job;
 
 /* Creates state_dir (mode 0700) and the database if missing. */
@@ -72,6 +82,41 @@ int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size
 /* Jobs that are PENDING and due (next_attempt_at <= now), oldest first.
  * *out is malloc'ed (free with free()). */
 int ar_state_due_jobs(ar_state *st, double now, ar_job **out, size_t *n, char *err, size_t errlen);
+
+/* Up to `limit` PENDING jobs of one lane that may start: due by horizon
+ * (now; the run's start for --once, so a job retried in this run waits),
+ * or forwards in flight whose next poll is due by now.  Forwards in flight
+ * first, then by priority, fresh jobs before retries, oldest first. */
+int ar_state_claimable(ar_state *st, const char *lane, double horizon, double now, int limit,
+                       ar_job **out, size_t *n, char *err, size_t errlen);
+/* The lanes that have PENDING jobs.  *lanes malloc'ed. */
+int ar_state_pending_lanes(ar_state *st, char (**lanes)[AR_LANE_LEN], size_t *n, char *err,
+                           size_t errlen);
+/* PENDING jobs per lane, in lane order.  *out malloc'ed. */
+typedef struct ar_lane_count {
+    char lane[AR_LANE_LEN];
+    size_t pending;
+} ar_lane_count;
+int ar_state_pending_by_lane(ar_state *st, ar_lane_count **out, size_t *n, char *err,
+                             size_t errlen);
+/* How many of a lane's PENDING jobs are forwards in flight in Orthanc. */
+int ar_state_lane_in_flight(ar_state *st, const char *lane, int *count, char *err, size_t errlen);
+/* A forward was handed to Orthanc as job remote_job ("" = no longer in
+ * flight); poll it at next_at.  Not an attempt. */
+int ar_state_job_remote(ar_state *st, int64_t id, const char *remote_job, double submitted_at,
+                        double next_at, char *err, size_t errlen);
+/* Postpone a PENDING job to next_at with a reason, without counting an
+ * attempt (its lane is down, its forward is still running). */
+int ar_state_job_wait(ar_state *st, int64_t id, const char *why, double next_at, char *err,
+                      size_t errlen);
+/* The id of a newer PENDING job of the same rule and resource (0 = none):
+ * it exports the latest stable state, so this one is superseded. */
+int ar_state_newer_job(ar_state *st, const ar_job *j, int64_t *newer, char *err, size_t errlen);
+/* Jobs migrated from schema 1 have no lane: give rule's jobs this one
+ * (rule NULL: every job still without a lane). */
+int ar_state_fill_lane(ar_state *st, const char *rule, const char *lane, char *err, size_t errlen);
+/* Every PENDING job not in flight is due now (`run --once`). */
+int ar_state_jobs_due_now(ar_state *st, char *err, size_t errlen);
 
 /* List jobs; status_filter < 0 = all. */
 int ar_state_list_jobs(ar_state *st, int status_filter, ar_job **out, size_t *n,

@@ -427,7 +427,6 @@ out:
 
 static int setup_slot(xfer *x, slot *s, char *err, size_t errlen)
 {
-    long low = x->o->low_speed_timeout_s > 0 ? x->o->low_speed_timeout_s : 60;
     const char *user = ar_http_username(x->h);
 
     s->x = x;
@@ -445,8 +444,8 @@ static int setup_slot(xfer *x, slot *s, char *err, size_t errlen)
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, ar_http_connect_timeout(x->h));
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, low);
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, ar_http_low_speed_limit(x->h));
+    curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, ar_http_low_speed_time(x->h));
     curl_easy_setopt(e, CURLOPT_BUFFERSIZE, AR_XFER_BUFSIZE);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, slot_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);

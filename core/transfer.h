@@ -9,7 +9,8 @@
  * Each item is written to `<dir_fd-relative path>`; parent folders must exist.
  * Each file's received size is checked against Content-Length and against
  * item->expected_size (if >= 0); a mismatch is AR_ESIZE.  With fsync on,
- * every file is fsync'ed before close.  A stop flag (checked at least every
+ * every file is fsync'ed before close.  A transfer slower than the client's
+ * low-speed limit for its low-speed time (ar_http_opts) is cut: AR_ENET.  A stop flag (checked at least every
  * 200 ms) aborts all transfers with AR_ESTOP.
  * On failure the files already written are left for the caller to remove
  * (the caller writes into a .WORKING folder and removes it).
@@ -31,7 +32,6 @@ typedef struct ar_transfer_item {
 typedef struct ar_transfer_opts {
     int max_connections;      /* parallel transfers, >= 1 */
     int fsync;                /* fsync each file */
-    long low_speed_timeout_s; /* abort a transfer slower than 1 B/s for this long; 0 = 60 */
     volatile sig_atomic_t *stop; /* may be NULL */
     /* progress: called after each finished file; may be NULL */
     void (*progress)(void *ud, size_t files_done, size_t files_total,

@@ -5,9 +5,10 @@
 -- protected door; the ones that run rule code (load_rule, evaluate, plan,
 -- on_exported) are budgeted per call.  Data errors are raised as plain
 -- messages (error(msg, 0)) naming the answer and field, e.g.
--- "/changes: Changes[3].Seq must be an integer".  decode_changes,
--- decode_parent_study and set_study return nil, message when an answer is
--- not JSON at all (garbled in transit: the caller retries).
+-- "/studies/{id}: ID must be a string".  set_study returns nil, message
+-- when an answer is not JSON at all (garbled in transit: the caller
+-- retries).  Orthanc's transport answers (/changes, /series, /jobs) are
+-- decoded in C (core/orthanc_json.c), never here.
 --
 -- A rule record (rules/loader.lua): { rule_name, file, kind, check_on,
 -- action, destination, active, comment, match, name, series_name,
@@ -16,7 +17,6 @@ local M = ...
 
 local cjson = M.cjson
 local type, tostring, error, pcall = type, tostring, error, pcall
-local tointeger = math.tointeger
 
 -- Reject NaN/Infinity/hex numbers: Orthanc never sends them.
 if cjson.decode_invalid_numbers then cjson.decode_invalid_numbers(false) end
@@ -58,11 +58,6 @@ local function answers(fn)
         if type(e) == "table" and e.garbled then return nil, e.garbled end
         error(e, 0)
     end
-end
-
-local function integer(v)
-    if type(v) ~= "number" then return nil end
-    return tointeger(v)
 end
 
 local function typename(v)
@@ -134,58 +129,6 @@ function host.rule(i)
 end
 
 -- ---- Orthanc answers ----------------------------------------------------------
-
-host.decode_changes = answers(function(body)
-    local d = decode(body, "/changes")
-    if type(d) ~= "table" then fail("/changes: expected an object, got " .. typename(d)) end
-    local list = d.Changes
-    if type(list) ~= "table" then
-        fail("/changes: Changes must be a list, got " .. typename(list))
-    end
-    local last = integer(d.Last)
-    if not last or last < 0 then
-        fail("/changes: Last must be a non-negative integer, got " ..
-            (last and tostring(last) or typename(d.Last)))
-    end
-    local done = d.Done
-    if done == nil then done = false end
-    if type(done) ~= "boolean" then fail("/changes: Done must be true or false") end
-    local out = {}
-    for i = 1, #list do
-        local c = list[i]
-        local what = "/changes: Changes[" .. (i - 1) .. "]"
-        if type(c) ~= "table" then fail(what .. " must be an object, got " .. typename(c)) end
-        local seq = integer(c.Seq)
-        if not seq or seq < 0 then fail(what .. ".Seq must be a non-negative integer") end
-        local function str(key, max)
-            local v = c[key]
-            if type(v) ~= "string" then
-                fail(what .. "." .. key .. " must be a string, got " .. typename(v))
-            end
-            if #v > max or v:find("\0", 1, true) then
-                fail(what .. "." .. key .. " is not a valid value (" .. #v .. " bytes)")
-            end
-            return v
-        end
-        out[i] = {
-            seq = seq,
-            change_type = str("ChangeType", 31),
-            resource_type = str("ResourceType", 15),
-            id = str("ID", 127),
-        }
-    end
-    return out, last, done
-end)
-
-host.decode_parent_study = answers(function(body)
-    local d = decode(body, "/series")
-    if type(d) ~= "table" then fail("/series: expected an object, got " .. typename(d)) end
-    local p = d.ParentStudy
-    if type(p) ~= "string" or p == "" or #p > 127 or p:find("\0", 1, true) then
-        fail("/series: ParentStudy must be an id, got " .. typename(p))
-    end
-    return p
-end)
 
 local function use_study(st, series, instances)
     local snap = M.study.build(st, series, instances)

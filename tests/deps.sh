@@ -11,6 +11,7 @@ packages=(
   build-essential cmake pkg-config
   liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev
   libcurl4-openssl-dev libyaml-dev libsqlite3-dev libssl-dev libreadline-dev
+  libjansson-dev
   orthanc dcmtk
   python3 python3-yaml
   curl ca-certificates

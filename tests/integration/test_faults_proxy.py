@@ -155,7 +155,10 @@ def test_500_on_the_study_during_decision(t):
                 "the export after three 500 answers for the study")
     assert d.stop() == 0
     assert_exported(o, ws, s)
-    assert [j["status"] for j in f.jobs(ws)] == ["done"]
+    # the change that could not be decided became a decision job, done once
+    # the study answered; then its download job
+    assert [(j["action"], j["status"]) for j in f.jobs(ws)] == \
+        [("decide", "done"), ("download", "done")], f.jobs(ws)
 
 
 def test_500_on_changes_logged_once(t):

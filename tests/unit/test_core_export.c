@@ -801,10 +801,15 @@ static void test_export(const server *srv, const server *plain)
     {
         int dfd = open(root, O_RDONLY | O_DIRECTORY);
         ar_transfer_item items[1] = { { "/instances/slow-5000-h/file", "slow.part", -1 } };
-        ar_transfer_opts to = { .max_connections = 2, .low_speed_timeout_s = 1 };
+        ar_transfer_opts to = { .max_connections = 2 };
         ar_transfer_result tr;
+        ar_http *hs = NULL;
+        ar_http_opts so = { .base_url = ar_http_base(h), .username = ar_http_username(h),
+                            .password = ar_http_password(h), .low_speed_limit = 100,
+                            .low_speed_time = 1 };
+        CHECK_INT(ar_http_new(&so, &hs, err, sizeof(err)), AR_OK);
         t0 = now_s();
-        rc = ar_transfer_run(h, dfd, items, 1, &to, &tr, err, sizeof(err));
+        rc = ar_transfer_run(hs, dfd, items, 1, &to, &tr, err, sizeof(err));
         dt = now_s() - t0;
         CHECK_INT(rc, AR_ENET);
         CHECK(dt < 5.0, "low-speed timeout after %.2f s", dt);
@@ -813,7 +818,8 @@ static void test_export(const server *srv, const server *plain)
         CHECK_INT(tr.files, 0);
         unlinkat(dfd, "slow.part", 0);
         /* no items: nothing to do */
-        CHECK_INT(ar_transfer_run(h, dfd, items, 0, &to, &tr, err, sizeof(err)), AR_OK);
+        CHECK_INT(ar_transfer_run(hs, dfd, items, 0, &to, &tr, err, sizeof(err)), AR_OK);
+        ar_http_free(hs);
         close(dfd);
     }
 

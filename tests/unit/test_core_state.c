@@ -121,7 +121,7 @@ static void test_open_and_cursor(void)
               "WAL mode");
         sqlite3_finalize(s);
         sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &s, NULL);
-        CHECK(sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 1, "user_version 1");
+        CHECK(sqlite3_step(s) == SQLITE_ROW && sqlite3_column_int(s, 0) == 2, "user_version 2");
         sqlite3_finalize(s);
         sqlite3_close(db);
     }
@@ -511,6 +511,120 @@ static void test_claim(void)
     }
 }
 
+
+/* A schema 1 database (as autorthanc wrote it before lanes) is migrated in
+ * place; lanes, in-flight forwards and the claim order. */
+static void test_lanes(void)
+{
+    char dir[256], err[1024] = "";
+    ar_state *st = NULL;
+    ar_job *v = NULL;
+    size_t n = 0;
+    path_in(dir, sizeof dir, "lanes");
+    CHECK_INT(mkdir(dir, 0700), 0);
+    CHECK_INT(side_sql(dir,
+        "CREATE TABLE meta(key TEXT PRIMARY KEY NOT NULL, value);"
+        "CREATE TABLE jobs(id INTEGER PRIMARY KEY AUTOINCREMENT, rule TEXT NOT NULL, level TEXT NOT NULL,"
+        " resource_id TEXT NOT NULL, study_id TEXT NOT NULL, change_seq INTEGER NOT NULL,"
+        " action TEXT NOT NULL, status INTEGER NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0,"
+        " next_attempt_at REAL NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',"
+        " path TEXT NOT NULL DEFAULT '', bytes INTEGER NOT NULL DEFAULT 0, created_at REAL NOT NULL,"
+        " updated_at REAL NOT NULL, UNIQUE(rule, resource_id, change_seq));"
+        "CREATE INDEX jobs_by_status ON jobs(status, next_attempt_at);"
+        "CREATE TABLE folders(rel TEXT PRIMARY KEY NOT NULL, owner TEXT NOT NULL);"
+        "CREATE TABLE watch(resource_id TEXT PRIMARY KEY NOT NULL, level TEXT NOT NULL, seq INTEGER NOT NULL);"
+        "INSERT INTO meta VALUES('cursor', 42);"
+        "INSERT INTO jobs(rule, level, resource_id, study_id, change_seq, action, created_at, updated_at)"
+        " VALUES('dl', 'study', 's1', 's1', 5, 'download', 1, 1), ('fw', 'study', 's1', 's1', 5, 'forward', 1, 1);"
+        "PRAGMA user_version = 1;"), 0);
+    CHECK_INT(ar_state_open(dir, &st, err, sizeof err), AR_OK);
+    if (!st)
+        return;
+    int64_t cur = 0;
+    int has = 0;
+    CHECK(ar_state_get_cursor(st, &cur, &has, err, sizeof err) == 0 && cur == 42, "cursor kept");
+    CHECK_INT(ar_state_list_jobs(st, -1, &v, &n, err, sizeof err), AR_OK);
+    CHECK(n == 2 && !strcmp(v[0].lane, "storage") && !strcmp(v[1].lane, "") &&
+              v[0].priority == AR_PRIORITY_NORMAL, "migrated lanes: '%s' '%s'",
+          n > 0 ? v[0].lane : "", n > 1 ? v[1].lane : "");
+    free(v);
+    CHECK_INT(ar_state_fill_lane(st, "fw", "modality:PACS", err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_fill_lane(st, NULL, "storage", err, sizeof err), AR_OK);
+
+    char (*lanes)[AR_LANE_LEN] = NULL;
+    CHECK_INT(ar_state_pending_lanes(st, &lanes, &n, err, sizeof err), AR_OK);
+    CHECK(n == 2 && !strcmp(lanes[0], "modality:PACS") && !strcmp(lanes[1], "storage"),
+          "two pending lanes (%zu)", n);
+    free(lanes);
+
+    /* claim order: forwards in flight first, then priority, fresh before
+     * retries, oldest first; not-yet-due retries wait */
+    ar_job b[4];
+    b[0] = mkjob("dl", "s2", 6);
+    b[1] = mkjob("dl", "s3", 7);
+    b[2] = mkjob("dl", "s4", 8);
+    b[3] = mkjob("dl", "s5", 9);
+    for (int i = 0; i < 4; i++)
+        snprintf(b[i].lane, sizeof b[i].lane, "storage");
+    b[2].priority = AR_PRIORITY_URGENT;
+    b[3].priority = AR_PRIORITY_LOW;
+    CHECK_INT(ar_state_record_jobs(st, b, 4, 43, err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_list_jobs(st, 0, &v, &n, err, sizeof err), AR_OK);
+    int64_t id_dl = v[0].id, id_fw = v[1].id, id_s2 = v[2].id;
+    free(v);
+    double now = now_s();
+    /* s2 failed once and is due again; the first dl job failed and waits */
+    CHECK_INT(ar_state_job_failed(st, id_s2, "x", now - 1, err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_job_failed(st, id_dl, "y", now + 100, err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_claimable(st, "storage", now, now, 10, &v, &n, err, sizeof err), AR_OK);
+    CHECK(n == 4 && !strcmp(v[0].resource_id, "s4") && !strcmp(v[1].resource_id, "s3") &&
+              !strcmp(v[2].resource_id, "s2") && !strcmp(v[3].resource_id, "s5"),
+          "order: urgent, fresh normal, retried normal, low (%zu: %s %s %s %s)", n,
+          n > 0 ? v[0].resource_id : "", n > 1 ? v[1].resource_id : "",
+          n > 2 ? v[2].resource_id : "", n > 3 ? v[3].resource_id : "");
+    free(v);
+
+    /* a forward in flight, looked at later; postponed without an attempt */
+    int inflight = -1;
+    CHECK_INT(ar_state_job_remote(st, id_fw, "job-1", now, now + 50, err, sizeof err), AR_OK);
+    CHECK(ar_state_lane_in_flight(st, "modality:PACS", &inflight, err, sizeof err) == 0 &&
+              inflight == 1, "one forward in flight");
+    CHECK_INT(ar_state_claimable(st, "modality:PACS", 1e300, now, 10, &v, &n, err, sizeof err),
+              AR_OK);
+    CHECK(n == 0, "its look is not due yet, even for --once");
+    free(v);
+    CHECK_INT(ar_state_claimable(st, "modality:PACS", now, now + 60, 10, &v, &n, err, sizeof err),
+              AR_OK);
+    CHECK(n == 1 && !strcmp(v[0].remote_job, "job-1") && v[0].submitted_at > 0, "due look");
+    free(v);
+    CHECK_INT(ar_state_job_wait(st, id_s2, "lane down", now + 5, err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_list_jobs(st, 0, &v, &n, err, sizeof err), AR_OK);
+    for (size_t i = 0; i < n; i++)
+        if (v[i].id == id_s2)
+            CHECK(v[i].attempts == 1 && !strcmp(v[i].last_error, "lane down"),
+                  "a wait is not an attempt (%d)", v[i].attempts);
+    free(v);
+    CHECK_INT(ar_state_jobs_due_now(st, err, sizeof err), AR_OK);
+    CHECK_INT(ar_state_claimable(st, "storage", now, now, 10, &v, &n, err, sizeof err), AR_OK);
+    CHECK(n == 5, "--once: every pending job is due (%zu)", n);
+    free(v);
+
+    /* a newer job of the same rule and resource supersedes */
+    ar_job again = mkjob("dl", "s3", 70);
+    snprintf(again.lane, sizeof again.lane, "storage");
+    CHECK_INT(ar_state_record_jobs(st, &again, 1, 70, err, sizeof err), AR_OK);
+    ar_job old = mkjob("dl", "s3", 7);
+    int64_t newer = 0;
+    CHECK_INT(ar_state_list_jobs(st, 0, &v, &n, err, sizeof err), AR_OK);
+    for (size_t i = 0; i < n; i++)
+        if (!strcmp(v[i].resource_id, "s3") && v[i].change_seq == 7)
+            old.id = v[i].id;
+    free(v);
+    CHECK(ar_state_newer_job(st, &old, &newer, err, sizeof err) == 0 && newer > old.id,
+          "newer job found");
+    ar_state_close(st);
+}
+
 int main(void)
 {
     snprintf(root, sizeof root, "/tmp/ar-state-XXXXXX");
@@ -523,6 +637,7 @@ int main(void)
     test_jobs();
     test_kill9();
     test_claim();
+    test_lanes();
     {
         char cmd[128];
         int rc = tap_done();

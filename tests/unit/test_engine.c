@@ -3,8 +3,7 @@
  * Guards: the sandbox (io/os/require/dofile/loadfile/string.dump/binary
  * load/string metatable/global leakage/writes to the study), runaway rules
  * with and without pcall (instruction budget and wall clock), a memory bomb,
- * broken rule files reported with file and line, /changes decoding of valid
- * and hostile bodies, the study object built from real Orthanc 1.10 answers
+ * broken rule files reported with file and line, the study object built from real Orthanc 1.10 answers
  * (tests/unit/data: recorded from a real Orthanc, plus hand-written hostile
  * shapes), default export names and their fallbacks, sanitised hostile names,
  * duplicate file names, and the time of 1000 JSON rules on one study
@@ -131,128 +130,6 @@ static double ms_since(const struct timespec *t0)
     struct timespec t1;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     return (double)(t1.tv_sec - t0->tv_sec) * 1e3 + (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
-}
-
-/* ---- /changes -------------------------------------------------------------- */
-
-static void test_changes(void)
-{
-    ar_engine *e = engine(0, 0, 0, NULL);
-    ar_change *ch = NULL;
-    size_t n = 0, len, i;
-    int64_t last = -1;
-    int done = -1, rc;
-    char err[1024];
-    char *body = data("changes_basic.json", &len);
-
-    rc = ar_engine_decode_changes(e, body, len, &ch, &n, &last, &done, err, sizeof err);
-    CHECK(rc == 0, "decode real /changes: %s", err);
-    CHECK_INT(n, 11);
-    CHECK_INT(last, 11);
-    CHECK_INT(done, 1);
-    if (n == 11) {
-        CHECK_INT(ch[0].seq, 1);
-        CHECK_STR(ch[0].change_type, "NewInstance");
-        CHECK_STR(ch[0].resource_type, "Instance");
-        CHECK_STR(ch[9].change_type, "StableStudy");
-        CHECK_STR(ch[9].resource_type, "Study");
-        CHECK_STR(ch[9].id, "fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927");
-    }
-    free(ch);
-    free(body);
-
-    {
-        const char *s = "{\"Changes\":[],\"Done\":true,\"Last\":0}";
-        rc = ar_engine_decode_changes(e, s, strlen(s), &ch, &n, &last, &done, err, sizeof err);
-    }
-    CHECK(rc == 0 && n == 0 && ch == NULL && last == 0, "empty /changes: %s", err);
-
-    {
-        static const char *bad[] = {
-            "",
-            "{",
-            "[]",
-            "null",
-            "{\"Changes\":5,\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[],\"Done\":true}",
-            "{\"Changes\":[],\"Done\":\"yes\",\"Last\":1}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":1.5}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":-5}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":1e400}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":NaN}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":Infinity}",
-            "{\"Changes\":[],\"Done\":true,\"Last\":0x10}",
-            "{\"Changes\":[null],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":\"1\",\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":\"c\"}],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":-1,\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":\"c\"}],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":1,\"ChangeType\":7,\"ResourceType\":\"B\",\"ID\":\"c\"}],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":1,\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":\"c\\u0000d\"}],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":1,\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":null}],\"Done\":true,\"Last\":1}",
-            "{\"Changes\":[{\"Seq\":1,\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":\"\xff\xfe\"}],\"Done\":true,\"Last\":1}x",
-        };
-        for (i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-            ch = NULL;
-            err[0] = '\0';
-            rc = ar_engine_decode_changes(e, bad[i], strlen(bad[i]), &ch, &n, &last, &done, err,
-                                          sizeof err);
-            CHECK(rc != 0 && ch == NULL && err[0], "bad /changes #%zu refused (rc=%d, err=%s)", i,
-                  rc, err);
-            /* Not JSON at all: garbled in transit, retryable; else a bad shape. */
-            CHECK(rc == (has(err, "invalid JSON") ? AR_ENET : AR_ERR), "#%zu code %d: %s", i, rc,
-                  err);
-        }
-    }
-    {
-        /* Over-long ID, deep nesting, huge body of garbage. */
-        char *big = malloc(1 << 20);
-        size_t k;
-        const char *head = "{\"Changes\":[{\"Seq\":1,\"ChangeType\":\"A\",\"ResourceType\":\"B\",\"ID\":\"";
-        size_t hl = strlen(head);
-        memcpy(big, head, hl);
-        for (k = hl; k < hl + 5000; k++)
-            big[k] = 'x';
-        strcpy(big + k, "\"}],\"Done\":true,\"Last\":1}");
-        rc = ar_engine_decode_changes(e, big, strlen(big), &ch, &n, &last, &done, err, sizeof err);
-        CHECK(rc != 0 && has(err, "ID"), "over-long ID refused: %s", err);
-        for (k = 0; k < 200000; k++)
-            big[k] = '[';
-        rc = ar_engine_decode_changes(e, big, 200000, &ch, &n, &last, &done, err, sizeof err);
-        CHECK(rc != 0, "deep nesting refused: %s", err);
-        for (k = 0; k < (1 << 20); k++)
-            big[k] = (char)(k * 7 + 3);
-        rc = ar_engine_decode_changes(e, big, 1 << 20, &ch, &n, &last, &done, err, sizeof err);
-        CHECK(rc != 0, "binary garbage refused: %s", err);
-        free(big);
-    }
-    {
-        /* Invalid UTF-8 inside a string is passed through, not a crash. */
-        const char *s = "{\"Changes\":[{\"Seq\":3,\"ChangeType\":\"StableStudy\",\"ResourceType\":"
-                        "\"Study\",\"ID\":\"\xff\xfe\xc0\"}],\"Done\":false,\"Last\":3}";
-        rc = ar_engine_decode_changes(e, s, strlen(s), &ch, &n, &last, &done, err, sizeof err);
-        CHECK(rc == 0 && n == 1 && done == 0 && ch[0].seq == 3, "invalid UTF-8 id: %s", err);
-        free(ch);
-    }
-    {
-        char id[128];
-        size_t l2;
-        char *s = data("orthanc_series.json", &l2);
-        const char *t;
-        /* /series/<id> is one object; the list answer is not. */
-        rc = ar_engine_decode_parent_study(e, s, l2, id, sizeof id, err, sizeof err);
-        CHECK(rc != 0, "a list is not a /series/<id> answer");
-        free(s);
-        t = "{\"ID\":\"x\",\"ParentStudy\":\"fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927\"}";
-        rc = ar_engine_decode_parent_study(e, t, strlen(t), id, sizeof id, err, sizeof err);
-        CHECK(rc == 0, "parent study: %s", err);
-        CHECK_STR(id, "fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927");
-        t = "{\"ParentStudy\":42}";
-        rc = ar_engine_decode_parent_study(e, t, strlen(t), id, sizeof id, err, sizeof err);
-        CHECK(rc == AR_ERR && id[0] == '\0', "numeric parent refused");
-        t = "{\"ParentStudy\": \"abc";
-        rc = ar_engine_decode_parent_study(e, t, strlen(t), id, sizeof id, err, sizeof err);
-        CHECK(rc == AR_ENET && id[0] == '\0', "garbled /series answer: %d %s", rc, err);
-    }
-    ar_engine_free(e);
 }
 
 /* ---- the study object ---------------------------------------------------- */
@@ -1181,7 +1058,6 @@ static void test_performance(void)
 int main(void)
 {
     find_datadir();
-    test_changes();
     test_study();
     test_mutations();
     test_sandbox();

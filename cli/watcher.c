@@ -1,0 +1,523 @@
+/* watcher.c - see watcher.h */
+#include "watcher.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../core/err.h"
+#include "../core/log.h"
+#include "../core/orthanc.h"
+#include "../core/orthanc_json.h"
+
+#define CHANGES_LIMIT 200
+#define DECISIONS_PER_PASS 32
+
+typedef struct job_list {
+    ar_job *v;
+    size_t n, cap;
+} job_list;
+
+static int job_push(job_list *l, const ar_job *j)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        ar_job *v = realloc(l->v, cap * sizeof *v);
+        if (!v)
+            return AR_ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *j;
+    return AR_OK;
+}
+
+static double wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+void ar_rule_lane(const ar_rule_info *r, char *lane, size_t lanelen)
+{
+    if (strcmp(r->action, "forward") == 0)
+        snprintf(lane, lanelen, "modality:%.*s", AR_LANE_LEN - 16, r->destination);
+    else
+        snprintf(lane, lanelen, "storage");
+}
+
+/* Does Orthanc answer at all?  (Tells one study's trouble from an outage.) */
+static int orthanc_answers(ar_app *a)
+{
+    char err[512];
+    ar_buf b = {0};
+    int rc = ar_http_get(a->http, "/system", &b, err, sizeof err);
+    ar_buf_free(&b);
+    return rc == AR_OK;
+}
+
+/* A stable change that could not be decided becomes a decision job (the
+ * watcher's lane "decide"), recorded with the batch: tried again in this
+ * cycle's decision pass, then with backoff while the trouble is transient;
+ * listed by `jobs --failed` and retryable when it is not. */
+static int decision_job(ar_app *a, const ar_change *c, const char *why, job_list *jobs,
+                        char *err, size_t errlen)
+{
+    ar_job j;
+    int is_study = c->kind == AR_CHANGE_STABLE_STUDY;
+    ar_log_fields f = {.study = is_study ? c->id : NULL, .bytes = -1, .seconds = -1};
+    memset(&j, 0, sizeof j);
+    snprintf(j.level, sizeof j.level, "%s", is_study ? "study" : "series");
+    snprintf(j.resource_id, sizeof j.resource_id, "%s", c->id);
+    snprintf(j.study_id, sizeof j.study_id, "%s", is_study ? c->id : "");
+    snprintf(j.action, sizeof j.action, "decide");
+    snprintf(j.lane, sizeof j.lane, "decide");
+    j.change_seq = c->seq;
+    j.priority = AR_PRIORITY_NORMAL;
+    ar_log(AR_LOG_WARN, "study.undecided", &f,
+           "%s %s could not be decided (%s); recorded as a decision job to try again",
+           c->resource_type, c->id, why);
+    if (job_push(jobs, &j))
+        return ar_seterr(err, errlen, AR_ENOMEM, "out of memory recording a decision job");
+    (void)a;
+    return AR_OK;
+}
+
+/* Does any usable rule decide at this level ("study" / "series")? */
+static int rules_at(ar_app *a, const char *level)
+{
+    size_t n = ar_engine_rule_count(a->engine);
+    for (size_t i = 0; i < n; i++) {
+        const ar_rule_info *r = ar_engine_rule(a->engine, i);
+        if (r->ok && r->active && strcmp(r->check_on, level) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Decide which rules act on one stable study or series; append jobs.
+ * The engine's snapshot is reused for the following stable events of the
+ * same study in this cycle (ar_app_load_study), so deciding a study costs
+ * the same requests whether it has 1 series or 50.  next_study: the next
+ * StableStudy of the same batch, if any: Orthanc logs a study's series
+ * stable just before the study, so its snapshot usually names this series
+ * and saves the /series/<id> look-up. */
+static int decide(ar_app *a, const ar_change *c, const char *next_study, job_list *jobs,
+                  char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    ar_buf sb = {0};
+    ar_verdict *v = NULL;
+    size_t nv = 0;
+    char study_id[128];
+    const char *series_id = NULL;
+
+    int is_series = c->kind == AR_CHANGE_STABLE_SERIES;
+    if (!rules_at(a, is_series ? "series" : "study")) {
+        rc = AR_OK; /* no rule decides at this level: not even a request */
+        goto out;
+    }
+    if (is_series) {
+        series_id = c->id;
+        if (!ar_app_holds_series(a, c->id) && next_study && ar_orthanc_valid_id(next_study)) {
+            rc = ar_app_load_study(a, next_study, err, errlen);
+            if (rc && rc != AR_ENOTFOUND)
+                goto out;
+        }
+        if (ar_app_holds_series(a, c->id)) {
+            snprintf(study_id, sizeof study_id, "%s", a->fresh_study);
+        } else {
+            if ((rc = ar_orthanc_series(a->http, c->id, &sb, err, errlen)))
+                goto out;
+            if ((rc = ar_ojson_parent_study(sb.data, sb.len, study_id, sizeof study_id, err,
+                                            errlen)))
+                goto out;
+        }
+    } else {
+        snprintf(study_id, sizeof study_id, "%s", c->id);
+    }
+    if ((rc = ar_app_load_study(a, study_id, err, errlen)))
+        goto out;
+    if ((rc = ar_engine_evaluate(a->engine, series_id, 0, &v, &nv, err, errlen)))
+        goto out;
+    for (size_t i = 0; i < nv; i++) {
+        const ar_rule_info *ri = ar_engine_rule(a->engine, v[i].rule);
+        ar_log_fields f = {.study = study_id, .rule = ri->name, .bytes = -1, .seconds = -1};
+        if (v[i].error) {
+            ar_log(AR_LOG_ERROR, "rule.error", &f, "%s", v[i].reason);
+            continue;
+        }
+        if (!v[i].matched) {
+            ar_log(AR_LOG_DEBUG, "rule.nomatch", &f, "%s", v[i].reason);
+            continue;
+        }
+        ar_job j;
+        memset(&j, 0, sizeof j);
+        snprintf(j.rule, sizeof j.rule, "%s", ri->name);
+        snprintf(j.level, sizeof j.level, "%s", series_id ? "series" : "study");
+        snprintf(j.resource_id, sizeof j.resource_id, "%s", series_id ? series_id : study_id);
+        snprintf(j.study_id, sizeof j.study_id, "%s", study_id);
+        j.change_seq = c->seq;
+        snprintf(j.action, sizeof j.action, "%s", ri->action);
+        ar_rule_lane(ri, j.lane, sizeof j.lane);
+        j.priority = AR_PRIORITY_NORMAL;
+        if ((rc = job_push(jobs, &j)))
+            goto out;
+        ar_log(AR_LOG_INFO, "rule.match", &f, "%s %s matches: %s queued", j.level,
+               j.resource_id, j.action);
+    }
+    rc = AR_OK;
+out:
+    free(v);
+    ar_buf_free(&sb);
+    return rc;
+}
+
+/* One pass over the change log from the cursor to Orthanc's last change. */
+int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
+{
+    int rc = AR_ERR;
+    int64_t cursor = 0;
+    int has = 0;
+    ar_buf b = {0};
+    ar_change *ch = NULL;
+    job_list jobs = {0};
+    ar_watch *adds = NULL;
+    const char **dels = NULL;
+    size_t nadd = 0, ndel = 0;
+
+    if ((rc = ar_state_get_cursor(a->state, &cursor, &has, err, errlen)))
+        return rc;
+    if (!has) {
+        cursor = 0;
+        if (a->cfg.start_at_now) {
+            char last[64];
+            if ((rc = ar_http_get(a->http, "/changes?last", &b, err, errlen)))
+                goto out;
+            if ((rc = ar_ojson_get(b.data, b.len, "Last", last, sizeof last, err, errlen)))
+                goto out;
+            cursor = strtoll(last, NULL, 10);
+            ar_log(AR_LOG_INFO, "cursor.start", NULL,
+                   "start_at=now: ignoring the %" PRId64 " change(s) logged before", cursor);
+            ar_buf_free(&b);
+        }
+        if ((rc = ar_state_set_cursor(a->state, cursor, err, errlen)))
+            goto out;
+    }
+    for (;;) {
+        size_t n = 0;
+        int64_t last = 0;
+        int done = 0;
+        if (a->stop && *a->stop)
+            break;
+        ar_buf_free(&b);
+        free(ch);
+        ch = NULL;
+        rc = ar_orthanc_changes(a->http, cursor, CHANGES_LIMIT, &b, err, errlen);
+        if (rc)
+            goto out;
+        if (*outage) {
+            ar_log(AR_LOG_INFO, "orthanc.back", NULL, "Orthanc at %s answers again",
+                   a->cfg.orthanc_url);
+            *outage = 0;
+        }
+        if ((rc = ar_ojson_changes(b.data, b.len, &ch, &n, &last, &done, err, errlen))) {
+            char tmp[1024];
+            snprintf(tmp, sizeof tmp, "%s", err);
+            ar_seterr(err, errlen, AR_ENET, "garbled answer from %s/changes: %s",
+                      a->cfg.orthanc_url, tmp);
+            rc = AR_ENET; /* try again later */
+            goto out;
+        }
+        a->orthanc_last = last;
+        if (n == 0 && last < cursor) {
+            ar_log(AR_LOG_WARN, "orthanc.reset", NULL,
+                   "Orthanc's change log restarted (last change %" PRId64
+                   " is below our position %" PRId64 "): a new database? starting over from "
+                   "its beginning",
+                   last, cursor);
+            cursor = 0;
+            if ((rc = ar_state_set_cursor(a->state, 0, err, errlen)))
+                goto out;
+            continue;
+        }
+        int64_t upto = cursor;
+        int stop_batch = 0;
+        free(adds);
+        free(dels);
+        adds = calloc(n ? n : 1, sizeof *adds);
+        dels = calloc(n ? n : 1, sizeof *dels);
+        nadd = ndel = 0;
+        if (!adds || !dels) {
+            rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory reading changes");
+            goto out;
+        }
+        for (size_t i = 0; i < n && !stop_batch; i++) {
+            const ar_change *c = &ch[i];
+            int stable = c->kind == AR_CHANGE_STABLE_STUDY || c->kind == AR_CHANGE_STABLE_SERIES;
+            if (stable) {
+                char derr[1024] = "";
+                const char *next_study = NULL;
+                for (size_t k = i + 1; k < n && !next_study; k++)
+                    if (ch[k].kind == AR_CHANGE_STABLE_STUDY)
+                        next_study = ch[k].id;
+                int drc = decide(a, c, next_study, &jobs, derr, sizeof derr);
+                if (drc == AR_ENOTFOUND) {
+                    ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
+                    ar_log(AR_LOG_INFO, "study.gone", &f,
+                           "%s %s was deleted before it could be examined: %s",
+                           c->resource_type, c->id, derr);
+                } else if (drc == AR_ENET && !orthanc_answers(a)) {
+                    /* Orthanc itself is gone: stop here, the cursor stays */
+                    snprintf(err, errlen, "%s", derr);
+                    rc = drc;
+                    stop_batch = 1;
+                    break;
+                } else if (drc) {
+                    /* this change's own trouble: a decision job, the log moves on */
+                    if ((rc = decision_job(a, c, derr, &jobs, err, errlen)))
+                        goto out;
+                }
+            }
+            if (c->kind == AR_CHANGE_NEW_STUDY || c->kind == AR_CHANGE_NEW_SERIES) {
+                ar_watch *w = &adds[nadd++];
+                snprintf(w->level, sizeof w->level, "%s",
+                         c->kind == AR_CHANGE_NEW_STUDY ? "study" : "series");
+                snprintf(w->resource_id, sizeof w->resource_id, "%s", c->id);
+                w->seq = c->seq;
+            } else if (stable) {
+                dels[ndel++] = c->id;
+            }
+            upto = c->seq;
+        }
+        if (n == 0 && last > upto)
+            upto = last;
+        if (upto != cursor || jobs.n) {
+            char serr[1024] = "";
+            /* an arrival added and stabilised in the same batch: the delete wins
+             * because adds are applied first */
+            if (ar_state_record_batch(a->state, jobs.v, jobs.n, adds, nadd, dels, ndel, upto,
+                                      serr, sizeof serr)) {
+                rc = ar_seterr(err, errlen, AR_EIO, "%s", serr);
+                goto out;
+            }
+            cursor = upto;
+        }
+        jobs.n = 0;
+        if (stop_batch)
+            goto out; /* rc already set */
+        if (done || n == 0)
+            break;
+    }
+    rc = AR_OK;
+out:
+    free(adds);
+    free(dels);
+    free(jobs.v);
+    free(ch);
+    ar_buf_free(&b);
+    return rc;
+}
+
+/* Is this watched arrival stable by Orthanc's word (IsStable) or by age
+ * (LastUpdate older than stable_age)?  AR_ENOTFOUND when it is gone. */
+static int arrival_stable(ar_app *a, const ar_watch *w, int *stable, char *err, size_t errlen)
+{
+    char path[256], v[64];
+    ar_buf b = {0};
+    int rc;
+    *stable = 0;
+    if (!ar_orthanc_valid_id(w->resource_id))
+        return AR_ENOTFOUND;
+    snprintf(path, sizeof path, "/%s/%s", strcmp(w->level, "study") == 0 ? "studies" : "series",
+             w->resource_id);
+    if ((rc = ar_http_get(a->http, path, &b, err, errlen)))
+        goto out;
+    if (ar_ojson_get(b.data, b.len, "IsStable", v, sizeof v, NULL, 0) == 0 &&
+        strcmp(v, "true") == 0) {
+        *stable = 1;
+    } else if (ar_ojson_get(b.data, b.len, "LastUpdate", v, sizeof v, NULL, 0) == 0) {
+        struct tm tm;
+        memset(&tm, 0, sizeof tm);
+        if (sscanf(v, "%4d%2d%2dT%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
+                   &tm.tm_min, &tm.tm_sec) == 6) {
+            tm.tm_year -= 1900;
+            tm.tm_mon -= 1;
+            tm.tm_isdst = -1;
+            time_t t = mktime(&tm); /* Orthanc writes LastUpdate in local time */
+            if (t != (time_t)-1 && difftime(time(NULL), t) > a->cfg.stable_age)
+                *stable = 1;
+        }
+    }
+    rc = AR_OK;
+out:
+    ar_buf_free(&b);
+    return rc;
+}
+
+/* Studies/series Orthanc announced but never logged as stable (it keeps its
+ * stability timers in memory: a restart mid-arrival loses the event).  An
+ * arrival found stable is confirmed only after one more pass over the change
+ * log, so an event logged meanwhile is handled the normal way, never twice. */
+void ar_watch_arrivals(ar_app *a, int *outage)
+{
+    char err[1024] = "";
+    ar_watch *w = NULL, *w2 = NULL;
+    size_t n = 0, n2 = 0, ncand = 0;
+    char (*cand)[128] = NULL;
+    job_list jobs = {0};
+    int64_t cursor = 0;
+    int has = 0;
+
+    if (ar_state_watch_list(a->state, &w, &n, err, sizeof err) || n == 0)
+        goto out;
+    cand = calloc(n, sizeof *cand);
+    if (!cand)
+        goto out;
+    for (size_t i = 0; i < n; i++) {
+        int stable = 0;
+        int rc = arrival_stable(a, &w[i], &stable, err, sizeof err);
+        if (rc == AR_ENOTFOUND) {
+            const char *del = w[i].resource_id;
+            if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) == 0)
+                ar_state_record_batch(a->state, NULL, 0, NULL, 0, &del, 1, cursor, err, sizeof err);
+        } else if (rc == AR_OK && stable) {
+            snprintf(cand[ncand++], sizeof cand[0], "%s", w[i].resource_id);
+        } else if (rc) {
+            goto out; /* Orthanc trouble: the next cycle will tell */
+        }
+    }
+    if (!ncand)
+        goto out;
+    if (ar_watch_changes(a, outage, err, sizeof err))
+        goto out;
+    if (ar_state_watch_list(a->state, &w2, &n2, err, sizeof err))
+        goto out;
+    for (size_t i = 0; i < n2; i++) {
+        int is_cand = 0;
+        for (size_t k = 0; k < ncand && !is_cand; k++)
+            is_cand = strcmp(cand[k], w2[i].resource_id) == 0;
+        if (!is_cand)
+            continue;
+        ar_change c;
+        memset(&c, 0, sizeof c);
+        c.seq = w2[i].seq;
+        snprintf(c.change_type, sizeof c.change_type, "%s",
+                 strcmp(w2[i].level, "study") == 0 ? "StableStudy" : "StableSeries");
+        c.kind = strcmp(w2[i].level, "study") == 0 ? AR_CHANGE_STABLE_STUDY
+                                                   : AR_CHANGE_STABLE_SERIES;
+        snprintf(c.resource_type, sizeof c.resource_type, "%s",
+                 strcmp(w2[i].level, "study") == 0 ? "Study" : "Series");
+        snprintf(c.id, sizeof c.id, "%s", w2[i].resource_id);
+        ar_log_fields f = {.study = c.id, .bytes = -1, .seconds = -1};
+        ar_log(AR_LOG_WARN, "stable.unlogged", &f,
+               "%s %s arrived (change %" PRId64 ") but Orthanc never logged it stable "
+               "(restarted meanwhile?); treating it as stable now",
+               w2[i].level, c.id, c.seq);
+        jobs.n = 0;
+        int rc = decide(a, &c, NULL, &jobs, err, sizeof err);
+        if (rc == AR_ENET || rc == AR_ENOMEM)
+            goto out;
+        const char *del = c.id;
+        if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) ||
+            ar_state_record_batch(a->state, jobs.v, jobs.n, NULL, 0, &del, 1, cursor, err,
+                                  sizeof err)) {
+            ar_log(AR_LOG_ERROR, "state.error", &f, "%s", err);
+            goto out;
+        }
+    }
+out:
+    free(jobs.v);
+    free(cand);
+    free(w);
+    free(w2);
+}
+
+
+/* The message of a decision that failed, naming what to fix. */
+static void decision_error(const ar_app *a, int rc, const char *why, char *out, size_t outlen)
+{
+    if (rc == AR_ENOMEM)
+        snprintf(out, outlen,
+                 "the study is too big for the rule engine's memory cap (rule_memory_mb %ld): %s",
+                 a->cfg.rule_memory_mb, why);
+    else
+        snprintf(out, outlen, "%s", why);
+}
+
+void ar_watch_decisions(ar_app *a, double horizon)
+{
+    char err[1024] = "";
+    ar_job *dj = NULL;
+    size_t n = 0;
+    job_list jobs = {0};
+
+    if (ar_state_claimable(a->state, "decide", horizon, wall_now(), DECISIONS_PER_PASS, &dj, &n,
+                           err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
+        goto out;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const ar_job *d = &dj[i];
+        ar_change c;
+        char derr[1024] = "", why[1400], serr[1024] = "";
+        int64_t cursor = 0;
+        int has = 0;
+        int is_study = strcmp(d->level, "study") == 0;
+        ar_log_fields f = {.study = is_study ? d->resource_id : NULL, .bytes = -1, .seconds = -1};
+        memset(&c, 0, sizeof c);
+        c.seq = d->change_seq;
+        c.kind = is_study ? AR_CHANGE_STABLE_STUDY : AR_CHANGE_STABLE_SERIES;
+        snprintf(c.change_type, sizeof c.change_type, "%s", is_study ? "StableStudy" : "StableSeries");
+        snprintf(c.resource_type, sizeof c.resource_type, "%s", is_study ? "Study" : "Series");
+        snprintf(c.id, sizeof c.id, "%s", d->resource_id);
+        jobs.n = 0;
+        a->fresh_study[0] = 0;
+        int rc = decide(a, &c, NULL, &jobs, derr, sizeof derr);
+        if (rc == AR_OK) {
+            if (ar_state_get_cursor(a->state, &cursor, &has, serr, sizeof serr) ||
+                ar_state_record_batch(a->state, jobs.v, jobs.n, NULL, 0, NULL, 0, cursor, serr,
+                                      sizeof serr) ||
+                ar_state_job_done(a->state, d->id, "", 0, serr, sizeof serr)) {
+                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+                goto out;
+            }
+            ar_log(AR_LOG_INFO, "decision.done", &f,
+                   "decision job %" PRId64 ": %s %s decided on attempt %d, %zu job(s) queued",
+                   d->id, d->level, d->resource_id, d->attempts + 1, jobs.n);
+        } else if (rc == AR_ENOTFOUND) {
+            ar_log(AR_LOG_INFO, "study.gone", &f, "%s %s was deleted before it could be decided: %s",
+                   d->level, d->resource_id, derr);
+            if (ar_state_job_gone(a->state, d->id, derr, serr, sizeof serr))
+                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+        } else {
+            int attempts = d->attempts + 1;
+            double retry_at = 0;
+            decision_error(a, rc, derr, why, sizeof why);
+            if (rc == AR_ENET && attempts < a->cfg.retry_attempts) {
+                double delay = a->cfg.retry_initial;
+                for (int k = 1; k < attempts && delay < a->cfg.retry_max; k++)
+                    delay *= 2;
+                retry_at = wall_now() + (delay > a->cfg.retry_max ? a->cfg.retry_max : delay);
+            }
+            if (retry_at > 0)
+                ar_log(AR_LOG_ERROR, "decision.failed", &f,
+                       "decision job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s",
+                       d->id, d->level, d->resource_id, attempts, why, retry_at - wall_now());
+            else
+                ar_log(AR_LOG_ERROR, "decision.failed", &f,
+                       "decision job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s "
+                       "(`autorthanc retry %" PRId64 "` tries again)",
+                       d->id, d->level, d->resource_id, attempts, why, d->id);
+            if (ar_state_job_failed(a->state, d->id, why, retry_at, serr, sizeof serr))
+                ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
+            a->decisions_failed++;
+        }
+    }
+out:
+    free(jobs.v);
+    free(dj);
+}
