@@ -9,7 +9,7 @@
 #                [--probe PATH] [--binary-b PATH]
 #
 # --quick: tiny studies, one run, a few seconds; exits 0 when everything
-# worked.  Times are printed, never asserted.  Orthanc runs on loopback ports
+# worked.  Then bench/pipeline.py: backlog studies/s and latency under load.  Times are printed, never asserted.  Orthanc runs on loopback ports
 # chosen at run time; every process this script starts is ended on exit.
 set -euo pipefail
 
@@ -124,4 +124,17 @@ py=$!
 rc=0
 wait "$py" || rc=$?
 py=""
+[ "$rc" = 0 ] || exit "$rc"
+
+# The pipeline's backlog throughput and latency under load (bench/pipeline.py).
+if [ "$reference_only" = 0 ]; then
+    pquick=()
+    for a in "${pass[@]+"${pass[@]}"}"; do
+        [ "$a" = "--quick" ] && pquick=(--quick)
+    done
+    python3 "$here/pipeline.py" --binary "$binary" "${pquick[@]+"${pquick[@]}"}" &
+    py=$!
+    wait "$py" || rc=$?
+    py=""
+fi
 exit "$rc"

@@ -58,6 +58,7 @@ typedef struct ar_rule_info {
     char action[16];        /* "download" | "forward" */
     char destination[256];  /* modality for forward, "" otherwise */
     int active;             /* IsActive */
+    int priority;           /* AR_PRIORITY_* (core/state.h): urgent jobs start first in their lane */
     int ok;                 /* 0: broken, see error */
     char error[2048];       /* "rules/x.json: Tags[2].Operator: unknown operator 'foo' (allowed: ...)" */
 } ar_rule_info;

@@ -19,6 +19,7 @@
 #include <lauxlib.h>
 
 #include "../core/err.h"
+#include "../core/state.h"
 #include "engine_int.h"
 
 #define AR_RULE_MAX_BYTES (4L * 1024 * 1024)
@@ -60,6 +61,13 @@ static int load_door(lua_State *L)
     ar_copy_lstr(L, -1, c->info->destination, sizeof c->info->destination, "destination", 1);
     lua_getfield(L, 2, "active");
     c->info->active = lua_toboolean(L, -1);
+    lua_getfield(L, 2, "priority");
+    {
+        const char *p = lua_tostring(L, -1);
+        c->info->priority = !p ? AR_PRIORITY_NORMAL
+                            : strcmp(p, "urgent") == 0 ? AR_PRIORITY_URGENT
+                            : strcmp(p, "low") == 0 ? AR_PRIORITY_LOW : AR_PRIORITY_NORMAL;
+    }
     lua_getfield(L, 2, "naming_hook");
     ar_copy_lstr(L, -1, c->hook, sizeof c->hook, "naming_hook", 1);
     return 0;

@@ -49,16 +49,6 @@ void ar_rule_lane(const ar_rule_info *r, char *lane, size_t lanelen)
         snprintf(lane, lanelen, "storage");
 }
 
-/* Does Orthanc answer at all?  (Tells one study's trouble from an outage.) */
-static int orthanc_answers(ar_app *a)
-{
-    char err[512];
-    ar_buf b = {0};
-    int rc = ar_http_get(a->http, "/system", &b, err, sizeof err);
-    ar_buf_free(&b);
-    return rc == AR_OK;
-}
-
 /* A stable change that could not be decided becomes a decision job (the
  * watcher's lane "decide"), recorded with the batch: tried again in this
  * cycle's decision pass, then with backoff while the trouble is transient;
@@ -84,6 +74,23 @@ static int decision_job(ar_app *a, const ar_change *c, const char *why, job_list
         return ar_seterr(err, errlen, AR_ENOMEM, "out of memory recording a decision job");
     (void)a;
     return AR_OK;
+}
+
+/* How long after Orthanc first says IsStable an unlogged arrival is acted
+ * on: Orthanc logs its Stable* change when its own timer fires, in the same
+ * moment it turns IsStable; the margin keeps the fallback well clear of that
+ * (equal StableAge and stable_age must never export a study twice). */
+static double stable_margin(const ar_app *a)
+{
+    double m = 2 * a->cfg.poll_interval;
+    return m < 2 ? 2 : m;
+}
+
+/* When to look at an arrival first: stable_age after it was seen, plus the
+ * margin (Orthanc normally logs it stable before then). */
+static double first_check(const ar_app *a, double seen)
+{
+    return seen + a->cfg.stable_age + stable_margin(a);
 }
 
 /* Does any usable rule decide at this level ("study" / "series")? */
@@ -163,7 +170,7 @@ static int decide(ar_app *a, const ar_change *c, const char *next_study, job_lis
         j.change_seq = c->seq;
         snprintf(j.action, sizeof j.action, "%s", ri->action);
         ar_rule_lane(ri, j.lane, sizeof j.lane);
-        j.priority = AR_PRIORITY_NORMAL;
+        j.priority = ri->priority;
         if ((rc = job_push(jobs, &j)))
             goto out;
         ar_log(AR_LOG_INFO, "rule.match", &f, "%s %s matches: %s queued", j.level,
@@ -270,7 +277,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
                     ar_log(AR_LOG_INFO, "study.gone", &f,
                            "%s %s was deleted before it could be examined: %s",
                            c->resource_type, c->id, derr);
-                } else if (drc == AR_ENET && !orthanc_answers(a)) {
+                } else if (drc == AR_ENET && !ar_orthanc_answers(a->http)) {
                     /* Orthanc itself is gone: stop here, the cursor stays */
                     snprintf(err, errlen, "%s", derr);
                     rc = drc;
@@ -288,6 +295,8 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
                          c->kind == AR_CHANGE_NEW_STUDY ? "study" : "series");
                 snprintf(w->resource_id, sizeof w->resource_id, "%s", c->id);
                 w->seq = c->seq;
+                w->first_seen = wall_now();
+                w->next_check = first_check(a, w->first_seen);
             } else if (stable) {
                 dels[ndel++] = c->id;
             }
@@ -322,8 +331,8 @@ out:
     return rc;
 }
 
-/* Is this watched arrival stable by Orthanc's word (IsStable) or by age
- * (LastUpdate older than stable_age)?  AR_ENOTFOUND when it is gone. */
+/* Does Orthanc say this arrival is stable?  AR_ENOTFOUND when it is gone.
+ * One request; Orthanc's LastUpdate (local time, 1-second) is never read. */
 static int arrival_stable(ar_app *a, const ar_watch *w, int *stable, char *err, size_t errlen)
 {
     char path[256], v[64];
@@ -336,22 +345,8 @@ static int arrival_stable(ar_app *a, const ar_watch *w, int *stable, char *err, 
              w->resource_id);
     if ((rc = ar_http_get(a->http, path, &b, err, errlen)))
         goto out;
-    if (ar_ojson_get(b.data, b.len, "IsStable", v, sizeof v, NULL, 0) == 0 &&
-        strcmp(v, "true") == 0) {
-        *stable = 1;
-    } else if (ar_ojson_get(b.data, b.len, "LastUpdate", v, sizeof v, NULL, 0) == 0) {
-        struct tm tm;
-        memset(&tm, 0, sizeof tm);
-        if (sscanf(v, "%4d%2d%2dT%2d%2d%2d", &tm.tm_year, &tm.tm_mon, &tm.tm_mday, &tm.tm_hour,
-                   &tm.tm_min, &tm.tm_sec) == 6) {
-            tm.tm_year -= 1900;
-            tm.tm_mon -= 1;
-            tm.tm_isdst = -1;
-            time_t t = mktime(&tm); /* Orthanc writes LastUpdate in local time */
-            if (t != (time_t)-1 && difftime(time(NULL), t) > a->cfg.stable_age)
-                *stable = 1;
-        }
-    }
+    *stable = ar_ojson_get(b.data, b.len, "IsStable", v, sizeof v, NULL, 0) == 0 &&
+              strcmp(v, "true") == 0;
     rc = AR_OK;
 out:
     ar_buf_free(&b);
@@ -359,9 +354,12 @@ out:
 }
 
 /* Studies/series Orthanc announced but never logged as stable (it keeps its
- * stability timers in memory: a restart mid-arrival loses the event).  An
- * arrival found stable is confirmed only after one more pass over the change
- * log, so an event logged meanwhile is handled the normal way, never twice. */
+ * stability timers in memory: a restart mid-arrival loses the event).  Each
+ * arrival is looked at only when due (stable_age + margin after it was
+ * seen, then with a growing gap while Orthanc says it is still arriving:
+ * O(log duration) requests per arrival, not one per cycle), and acted on
+ * only once Orthanc has said IsStable for longer than the margin and one
+ * more pass over the change log did not bring its Stable* change. */
 void ar_watch_arrivals(ar_app *a, int *outage)
 {
     char err[1024] = "";
@@ -371,30 +369,61 @@ void ar_watch_arrivals(ar_app *a, int *outage)
     job_list jobs = {0};
     int64_t cursor = 0;
     int has = 0;
+    double now = wall_now(), margin = stable_margin(a);
 
-    if (ar_state_watch_list(a->state, &w, &n, err, sizeof err) || n == 0)
+    if (ar_state_watch_list(a->state, now, &w, &n, err, sizeof err) || n == 0)
         goto out;
     cand = calloc(n, sizeof *cand);
     if (!cand)
         goto out;
     for (size_t i = 0; i < n; i++) {
+        ar_watch *x = &w[i];
         int stable = 0;
-        int rc = arrival_stable(a, &w[i], &stable, err, sizeof err);
+        if (x->first_seen <= 0)
+            x->first_seen = now; /* migrated from schema 1 */
+        if (!rules_at(a, x->level)) {
+            /* no rule decides at this level: not even a request */
+            x->next_check = now + a->cfg.stable_age + margin;
+            ar_state_watch_update(a->state, x, err, sizeof err);
+            continue;
+        }
+        int rc = arrival_stable(a, x, &stable, err, sizeof err);
         if (rc == AR_ENOTFOUND) {
-            const char *del = w[i].resource_id;
+            const char *del = x->resource_id;
             if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) == 0)
                 ar_state_record_batch(a->state, NULL, 0, NULL, 0, &del, 1, cursor, err, sizeof err);
-        } else if (rc == AR_OK && stable) {
-            snprintf(cand[ncand++], sizeof cand[0], "%s", w[i].resource_id);
-        } else if (rc) {
-            goto out; /* Orthanc trouble: the next cycle will tell */
+            continue;
         }
+        if (rc)
+            goto out; /* Orthanc trouble: the next cycle will tell */
+        if (!stable) {
+            /* still arriving: look again after a gap that grows with its age */
+            double gap = now - x->first_seen;
+            if (gap < a->cfg.stable_age)
+                gap = a->cfg.stable_age;
+            if (gap < margin)
+                gap = margin;
+            if (gap > 600)
+                gap = 600;
+            x->stable_seen = 0;
+            x->next_check = now + gap;
+        } else if (x->stable_seen <= 0) {
+            x->stable_seen = now; /* Orthanc's change may be on its way */
+            x->next_check = now + margin;
+        } else if (now - x->stable_seen >= margin) {
+            snprintf(cand[ncand++], sizeof cand[0], "%s", x->resource_id);
+            continue;
+        } else {
+            x->next_check = x->stable_seen + margin;
+        }
+        if (ar_state_watch_update(a->state, x, err, sizeof err))
+            ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
     }
     if (!ncand)
         goto out;
     if (ar_watch_changes(a, outage, err, sizeof err))
         goto out;
-    if (ar_state_watch_list(a->state, &w2, &n2, err, sizeof err))
+    if (ar_state_watch_list(a->state, 1e300, &w2, &n2, err, sizeof err))
         goto out;
     for (size_t i = 0; i < n2; i++) {
         int is_cand = 0;
@@ -412,14 +441,19 @@ void ar_watch_arrivals(ar_app *a, int *outage)
         snprintf(c.resource_type, sizeof c.resource_type, "%s",
                  strcmp(w2[i].level, "study") == 0 ? "Study" : "Series");
         snprintf(c.id, sizeof c.id, "%s", w2[i].resource_id);
-        ar_log_fields f = {.study = c.id, .bytes = -1, .seconds = -1};
+        ar_log_fields f = {.study = c.kind == AR_CHANGE_STABLE_STUDY ? c.id : NULL, .bytes = -1,
+                           .seconds = -1};
         ar_log(AR_LOG_WARN, "stable.unlogged", &f,
-               "%s %s arrived (change %" PRId64 ") but Orthanc never logged it stable "
-               "(restarted meanwhile?); treating it as stable now",
-               w2[i].level, c.id, c.seq);
+               "%s %s arrived (change %" PRId64 ") and Orthanc has said it is stable for %.0f s "
+               "but never logged it (restarted meanwhile?); treating it as stable now",
+               w2[i].level, c.id, c.seq, now - w2[i].stable_seen);
         jobs.n = 0;
-        int rc = decide(a, &c, NULL, &jobs, err, sizeof err);
-        if (rc == AR_ENET || rc == AR_ENOMEM)
+        a->fresh_study[0] = 0;
+        char derr[1024] = "";
+        int rc = decide(a, &c, NULL, &jobs, derr, sizeof derr);
+        if (rc == AR_ENET && !ar_orthanc_answers(a->http))
+            goto out;
+        if (rc && rc != AR_ENOTFOUND && decision_job(a, &c, derr, &jobs, err, sizeof err))
             goto out;
         const char *del = c.id;
         if (ar_state_get_cursor(a->state, &cursor, &has, err, sizeof err) ||
@@ -435,7 +469,6 @@ out:
     free(w);
     free(w2);
 }
-
 
 /* The message of a decision that failed, naming what to fix. */
 static void decision_error(const ar_app *a, int rc, const char *why, char *out, size_t outlen)

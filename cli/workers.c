@@ -13,11 +13,13 @@
 #include "../core/forward.h"
 #include "../core/lanes.h"
 #include "../core/log.h"
+#include "../core/orthanc.h"
 #include "jobs.h"
 
 #define LOOK_EVERY 0.5    /* seconds between two looks at a forward's Orthanc job */
 #define IDLE_WAIT 0.5     /* an idle worker looks at the ledger at least this often */
 #define MODALITY_LANE "modality:"
+#define REREAD_MAX 3      /* re-reads of a study whose instances vanish mid-export */
 
 typedef struct worker {
     struct ar_workers *pool;
@@ -158,18 +160,7 @@ static void lane_log(int change, const char *lane, const char *why)
 
 /* ---- one job ------------------------------------------------------------------- */
 
-/* Does Orthanc answer at all?  (A download's network error: Orthanc's
- * outage, then no other job should be tried against it.) */
-static int orthanc_answers(ar_app *a)
-{
-    char err[512];
-    ar_buf b = {0};
-    int rc = ar_http_get(a->http, "/system", &b, err, sizeof err);
-    ar_buf_free(&b);
-    return rc == AR_OK;
-}
-
-/* The worker's engine holds the rules folder's current generation. */
+/* The worker's engine holds the watcher's current rules (their texts). */
 static int ensure_engine(worker *w, char *err, size_t errlen)
 {
     ar_app *a = &w->app;
@@ -241,21 +232,41 @@ static void run_download(worker *w, const ar_job *j, uint64_t ticket)
         record_outcome(w, j, rc, err);
         goto out;
     }
-    work.http = a->http;
-    ar_job_transfer(&work);
-    err[0] = 0;
-    rc = ar_job_finish(a, &work, err, sizeof err);
-    record_outcome(w, &work.job, rc, err);
-    ar_job_work_free(&work);
+    for (int reread = 0;; reread++) {
+        work.http = a->http;
+        ar_job_transfer(&work);
+        int vanished = work.rc == AR_ENOTFOUND;
+        err[0] = 0;
+        rc = ar_job_finish(a, &work, err, sizeof err);
+        if (!vanished || reread == REREAD_MAX) {
+            record_outcome(w, &work.job, rc, err);
+            ar_job_work_free(&work);
+            break;
+        }
+        /* an instance was deleted under us (Orthanc logs no change for
+         * that): export what the study holds now; a study that is gone for
+         * real ends "gone" in prepare */
+        ar_log_fields f = {.study = j->study_id, .rule = j->rule, .bytes = -1, .seconds = -1};
+        ar_log(AR_LOG_WARN, "export.reread", &f,
+               "job %" PRId64 ": %s; reading the %s again to export what it holds now", j->id,
+               err, j->level);
+        ar_job_work_free(&work);
+        a->fresh_study[0] = 0;
+        if ((rc = ar_job_prepare(a, j, &work, err, sizeof err))) {
+            record_outcome(w, j, rc, err);
+            break;
+        }
+    }
 out:
-    if (rc == AR_ENET && !orthanc_answers(a))
+    if (rc == AR_ENET && !ar_orthanc_answers(a->http))
         ar_workers_pause(w->pool, 1, wall_now()); /* until the watcher sees Orthanc again */
     ar_lanes_finished(w->pool->lanes, j->lane, j->id, rc == AR_OK ? AR_LANE_OK : AR_LANE_OTHER,
                       err, wall_now());
 }
 
-/* Submit a forward, or look at the one in flight. */
-static void run_forward(worker *w, const ar_job *j)
+/* Submit a forward, or look at the one in flight.  Returns 1 while it is
+ * in flight (to be looked at again soon). */
+static int run_forward(worker *w, const ar_job *j)
 {
     ar_app *a = &w->app;
     ar_workers *p = w->pool;
@@ -324,7 +335,7 @@ static void run_forward(worker *w, const ar_job *j)
             ar_state_job_wait(a->state, j->id, why, now, serr, sizeof serr))
             ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
         count(p, &p->st.jobs_failed);
-        return; /* the lane was told above */
+        return 0; /* the lane was told above */
     } else if (now - j->submitted_at > a->cfg.forward_timeout) {
         ar_forward_cancel(a->http, j->remote_job);
         snprintf(err, sizeof err,
@@ -343,6 +354,7 @@ static void run_forward(worker *w, const ar_job *j)
     }
 out:
     lane_log(ar_lanes_finished(p->lanes, j->lane, j->id, outcome, err, wall_now()), j->lane, err);
+    return outcome == AR_LANE_PENDING;
 }
 
 /* ---- claiming -------------------------------------------------------------------- */
@@ -524,17 +536,17 @@ static void *worker_main(void *arg)
         snprintf(w->cur_res, sizeof w->cur_res, "%s", j.resource_id);
         pthread_mutex_unlock(&p->mu);
 
+        int in_flight = 0;
         if (strcmp(j.action, "forward") == 0)
-            run_forward(w, &j);
+            in_flight = run_forward(w, &j);
         else
             run_download(w, &j, ticket);
 
         pthread_mutex_lock(&p->mu);
         /* a forward's next look comes soon; anything else waits for the
          * ledger's backoff (or, with --once, for the next run) */
-        int looked = strcmp(j.action, "forward") == 0 && (j.remote_job[0] || !p->once);
-        hold(p, j.id, looked ? wall_now() + LOOK_EVERY
-                             : p->once ? INFINITY : wall_now() + w->app.cfg.retry_initial);
+        hold(p, j.id, in_flight ? wall_now() + LOOK_EVERY
+                                : p->once ? INFINITY : wall_now() + w->app.cfg.retry_initial);
         w->cur_id = 0;
         p->busy--;
         p->epoch++;

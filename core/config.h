@@ -31,7 +31,8 @@
  *   retry_initial         AUTORTHANC_RETRY_INITIAL (seconds)            5
  *   retry_max             AUTORTHANC_RETRY_MAX (seconds)                600
  *   retry_attempts        AUTORTHANC_RETRY_ATTEMPTS                     10
- *   stable_age            AUTORTHANC_STABLE_AGE (seconds)               60
+ *   stable_age            AUTORTHANC_STABLE_AGE (seconds an arrival waits
+ *                         before its first IsStable look)               60
  *   log_format            AUTORTHANC_LOG_FORMAT ("text" | "json")       text
  *   log_level             AUTORTHANC_LOG_LEVEL (debug|info|warn|error)  info
  *   rule_instruction_budget AUTORTHANC_RULE_INSTRUCTION_BUDGET          10000000

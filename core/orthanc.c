@@ -65,6 +65,15 @@ int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err,
     return ar_http_get(h, path, out, err, errlen);
 }
 
+int ar_orthanc_answers(ar_http *h)
+{
+    char err[512];
+    ar_buf b = {0};
+    int rc = ar_http_get(h, "/system", &b, err, sizeof err);
+    ar_buf_free(&b);
+    return rc == AR_OK;
+}
+
 int ar_url_segment(const char *s, char *out, size_t outlen)
 {
     static const char hex[] = "0123456789ABCDEF";

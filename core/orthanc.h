@@ -27,6 +27,10 @@ int ar_orthanc_fetch_study(ar_http *h, const char *study_id, ar_study_answers *o
 int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen);
 int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen);
 
+/* Does Orthanc answer at all (GET /system)?  Tells one request's trouble
+ * from an outage. */
+int ar_orthanc_answers(ar_http *h);
+
 /* Percent-encode s for one URL path segment into out. */
 int ar_url_segment(const char *s, char *out, size_t outlen);
 

@@ -7,6 +7,8 @@
  *        updated_at, UNIQUE(rule, resource_id, change_seq))
  *   folders(rel PRIMARY KEY, owner)       who owns each export folder
  *   watch(resource_id, level, seq)        arrivals not yet seen stable
+ *                                         (schema 2: first_seen, next_check,
+ *                                         stable_seen, on autorthanc's clock)
  * Schema version 2 adds to jobs: lane (the destination the job waits for:
  * "storage", "modality:<name>", "decide"), priority (-1 urgent, 0 normal,
  * 1 low), remote_job (Orthanc's job id of a FORWARD in flight) and
@@ -149,6 +151,9 @@ static const char schema_v2[] =
     "ALTER TABLE jobs ADD COLUMN submitted_at REAL NOT NULL DEFAULT 0;\n"
     "UPDATE jobs SET lane = 'storage' WHERE action = 'download';\n"
     "CREATE INDEX IF NOT EXISTS jobs_by_lane ON jobs(status, lane, priority, id);\n"
+    "ALTER TABLE watch ADD COLUMN first_seen REAL NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE watch ADD COLUMN next_check REAL NOT NULL DEFAULT 0;\n"
+    "ALTER TABLE watch ADD COLUMN stable_seen REAL NOT NULL DEFAULT 0;\n"
     "PRAGMA user_version = 2;\n";
 
 struct ar_state {
@@ -468,6 +473,26 @@ static int exec_bound(ar_state *st, const char *sql, const char *a, const char *
     return rc;
 }
 
+static int watch_add(ar_state *st, const ar_watch *w, double now, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = AR_OK;
+    if (sqlite3_prepare_v2(st->db,
+                           "INSERT INTO watch(resource_id, level, seq, first_seen, next_check) "
+                           "VALUES(?1, ?2, ?3, ?4, ?5) ON CONFLICT(resource_id) DO NOTHING",
+                           -1, &s, NULL) != SQLITE_OK)
+        return db_fail(st, "watch arrival", err, errlen);
+    bind_field(s, 1, w->resource_id, sizeof w->resource_id);
+    bind_field(s, 2, w->level, sizeof w->level);
+    sqlite3_bind_int64(s, 3, w->seq);
+    sqlite3_bind_double(s, 4, w->first_seen > 0 ? w->first_seen : now);
+    sqlite3_bind_double(s, 5, w->next_check);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = db_fail(st, "watch arrival", err, errlen);
+    sqlite3_finalize(s);
+    return rc;
+}
+
 int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_watch *add,
                           size_t nadd, const char *const *del, size_t ndel, int64_t new_cursor,
                           char *err, size_t errlen)
@@ -499,11 +524,7 @@ int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_w
             goto out;
     }
     for (i = 0; i < nadd; i++)
-        if ((rc = exec_bound(st,
-                             "INSERT INTO watch(resource_id, level, seq) VALUES(?1, ?2, ?3) "
-                             "ON CONFLICT(resource_id) DO NOTHING",
-                             add[i].resource_id, add[i].level, add[i].seq, "watch arrival", err,
-                             errlen)))
+        if ((rc = watch_add(st, &add[i], now, err, errlen)))
             goto out;
     for (i = 0; i < ndel; i++)
         if ((rc = exec_bound(st, "DELETE FROM watch WHERE resource_id = ?1", del[i], NULL, 0,
@@ -518,7 +539,28 @@ out:
     return rc;
 }
 
-int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size_t errlen)
+int ar_state_watch_update(ar_state *st, const ar_watch *w, char *err, size_t errlen)
+{
+    sqlite3_stmt *s = NULL;
+    int rc = AR_OK;
+    if (sqlite3_prepare_v2(st->db,
+                           "UPDATE watch SET next_check = ?2, stable_seen = ?3, first_seen = "
+                           "CASE WHEN first_seen > 0 THEN first_seen ELSE ?4 END "
+                           "WHERE resource_id = ?1",
+                           -1, &s, NULL) != SQLITE_OK)
+        return db_fail(st, "update arrival", err, errlen);
+    bind_field(s, 1, w->resource_id, sizeof w->resource_id);
+    sqlite3_bind_double(s, 2, w->next_check);
+    sqlite3_bind_double(s, 3, w->stable_seen);
+    sqlite3_bind_double(s, 4, w->first_seen);
+    if (sqlite3_step(s) != SQLITE_DONE)
+        rc = db_fail(st, "update arrival", err, errlen);
+    sqlite3_finalize(s);
+    return rc;
+}
+
+int ar_state_watch_list(ar_state *st, double due_by, ar_watch **out, size_t *n, char *err,
+                        size_t errlen)
 {
     sqlite3_stmt *s = NULL;
     ar_watch *v = NULL;
@@ -527,9 +569,12 @@ int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size
 
     *out = NULL;
     *n = 0;
-    if (sqlite3_prepare_v2(st->db, "SELECT resource_id, level, seq FROM watch ORDER BY seq", -1,
-                           &s, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v2(st->db,
+                           "SELECT resource_id, level, seq, first_seen, next_check, stable_seen "
+                           "FROM watch WHERE next_check <= ?1 ORDER BY seq",
+                           -1, &s, NULL) != SQLITE_OK)
         return db_fail(st, "list watched arrivals", err, errlen);
+    sqlite3_bind_double(s, 1, due_by);
     while ((step = sqlite3_step(s)) == SQLITE_ROW) {
         if (len == cap) {
             size_t ncap = cap ? cap * 2 : 16;
@@ -546,6 +591,9 @@ int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size
         snprintf(v[len].resource_id, sizeof v[len].resource_id, "%s", id ? id : "");
         snprintf(v[len].level, sizeof v[len].level, "%s", lv ? lv : "");
         v[len].seq = sqlite3_column_int64(s, 2);
+        v[len].first_seen = sqlite3_column_double(s, 3);
+        v[len].next_check = sqlite3_column_double(s, 4);
+        v[len].stable_seen = sqlite3_column_double(s, 5);
         len++;
     }
     if (step != SQLITE_DONE)

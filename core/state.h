@@ -68,6 +68,10 @@ typedef struct ar_watch {
     char level[16];          /* "study" | "series" */
     char resource_id[128];
     int64_t seq;             /* the change that announced it */
+    /* on autorthanc's clock (unix time), never compared with Orthanc's */
+    double first_seen;       /* when its New* change was read (0: now) */
+    double next_check;       /* when to ask Orthanc about it next */
+    double stable_seen;      /* when Orthanc first said IsStable, 0 not yet */
 } ar_watch;
 
 /* record_jobs, plus in the same transaction: start watching `add` (ignoring
@@ -76,8 +80,12 @@ int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_w
                           size_t nadd, const char *const *del, size_t ndel, int64_t new_cursor,
                           char *err, size_t errlen);
 
-/* Every watched arrival, oldest first.  *out malloc'ed. */
-int ar_state_watch_list(ar_state *st, ar_watch **out, size_t *n, char *err, size_t errlen);
+/* The watched arrivals whose next_check is due by due_by, oldest first
+ * (1e300: all).  *out malloc'ed. */
+int ar_state_watch_list(ar_state *st, double due_by, ar_watch **out, size_t *n, char *err,
+                        size_t errlen);
+/* Store w's next_check and stable_seen (and first_seen, if it had none). */
+int ar_state_watch_update(ar_state *st, const ar_watch *w, char *err, size_t errlen);
 
 /* Jobs that are PENDING and due (next_attempt_at <= now), oldest first.
  * *out is malloc'ed (free with free()). */

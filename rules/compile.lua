@@ -119,7 +119,7 @@ end
 local PN_PARTS = { "family", "given", "middle", "prefix", "suffix", "alphabetic", "ideographic", "phonetic" }
 
 local TOP_FIELDS = { "CheckOn", "IsActive", "Action", "DestinationModality", "Comment", "Tags", "Any",
-    "All", "Naming", "SeriesNaming", "FileNaming", "NamingHook" }
+    "All", "Naming", "SeriesNaming", "FileNaming", "NamingHook", "Priority" }
 local TAG_FIELDS = { "TagName", "Level", "Value", "Operator", "Negate", "CaseSensitive", "Quantifier",
     "MinCount", "Comment" }
 local GROUP_FIELDS = { "Any", "All", "Negate", "Comment" }
@@ -961,6 +961,10 @@ local function compile_rule(rule, filename)
     if active ~= nil then want_bool(ctx, "IsActive", active) end
     local comment = get(rule, "Comment")
     if comment ~= nil then want_string(ctx, "Comment", comment) end
+    local priority = get(rule, "Priority")
+    if priority ~= nil then
+        priority = want_choice(ctx, "Priority", priority, { "urgent", "normal", "low" }, "priority"):lower()
+    end
 
     -- conditions: Tags (all must pass), All (all must pass), Any (one must pass)
     local tags, all, any = get(rule, "Tags"), get(rule, "All"), get(rule, "Any")
@@ -1027,6 +1031,7 @@ local function compile_rule(rule, filename)
         add("  active = " .. tostring(active) .. ",")
     end
     if comment ~= nil then add("  comment = " .. lit(comment) .. ",") end
+    if priority ~= nil then add("  priority = " .. lit(priority) .. ",") end
     if hook then add("  naming_hook = " .. lit(hook) .. ",  -- name/series_name/file_name from this file") end
     add("")
     add("  match = function(study, series)")

@@ -87,7 +87,7 @@ function host.load_rule(i, name, file, kind, text)
     return {
         check_on = rec.check_on, action = rec.action,
         destination = rec.destination, active = rec.active,
-        naming_hook = rec.naming_hook,
+        naming_hook = rec.naming_hook, priority = rec.priority,
     }
 end
 

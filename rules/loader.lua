@@ -17,6 +17,7 @@ local loader = {}
 
 local FIELDS = {
     check_on = true, action = true, destination = true, active = true, comment = true,
+    priority = true,
     match = true, name = true, series_name = true, file_name = true, on_exported = true,
 }
 local HOOKS = { "name", "series_name", "file_name", "on_exported" }
@@ -75,7 +76,7 @@ function loader.validate(rule, file, kind)
         for k in pairs(rule) do
             if not FIELDS[k] then
                 fail(file, "unknown field " .. show(k) .. " (allowed: action, active, check_on, " ..
-                    "comment, destination, file_name, match, name, on_exported, series_name)")
+                    "comment, destination, file_name, match, name, on_exported, priority, series_name)")
             end
         end
     end
@@ -99,6 +100,11 @@ function loader.validate(rule, file, kind)
     if type(active) ~= "boolean" then
         fail(file, "active must be true or false (got " .. show(active) .. ")")
     end
+    local priority = rule.priority
+    if priority == nil then priority = "normal" end
+    if priority ~= "urgent" and priority ~= "normal" and priority ~= "low" then
+        fail(file, "priority must be \"urgent\", \"normal\" or \"low\" (got " .. show(priority) .. ")")
+    end
     local comment = rule.comment
     if comment ~= nil and type(comment) ~= "string" then
         fail(file, "comment must be a string (got " .. type(comment) .. ")")
@@ -115,7 +121,7 @@ function loader.validate(rule, file, kind)
     end
     local rec = {
         check_on = check_on, action = action, destination = destination, active = active,
-        comment = comment, match = rule.match, rule = rule, naming_hook = naming_hook,
+        priority = priority, comment = comment, match = rule.match, rule = rule, naming_hook = naming_hook,
     }
     for _, h in ipairs(HOOKS) do
         local f = rule[h]

@@ -16,10 +16,25 @@
     was made from the study it is given.
   - test_one_refusal_does_not_lose_a_study: one HTTP 429 on a study's
     /instances while it is decided: the study is exported on a later attempt.
+  - test_restart_while_forward_runs_sends_once: kill -9 right after Orthanc
+    took a forward: the next daemon looks at the same Orthanc job (one store
+    job in Orthanc) and records it done.
+  - test_trickling_file_is_cut_and_others_pass: a file sent at 2 bytes/s with
+    the right Content-Length is cut by the low-speed limit and retried, and a
+    study arriving meanwhile is exported at once.
+  - test_instance_deleted_mid_export_keeps_the_rest: an instance deleted just
+    before its file is fetched: the study is read again and its remaining
+    instances are exported.
+  - test_waiting_for_a_study_costs_a_bounded_number_of_requests: Orthanc's
+    StableAge 6 behind a counting proxy, a 10-series study: the arrivals cost
+    at most one look each, not one per series per cycle.
+  - test_equal_stable_ages_export_each_study_once: 40 studies, StableAge and
+    stable_age both 10 s (the compose default shape): each exported once.
 """
 
 import json
 import os
+import signal
 import socket
 import sys
 import threading
@@ -223,6 +238,149 @@ def test_one_refusal_does_not_lose_a_study(t):
                 expect_rc=0)
     h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "keep/PR01-PIPE-EX01"))
     assert proxy.count(rf"/studies/{s['study']}/instances", fault="status") == 1
+
+
+def test_restart_while_forward_runs_sends_once(t):
+    dest = t.orthanc("PIPEDEST")
+    src = t.orthanc("PIPEFSRC", dicom=False,
+                    modalities={"DEST": [dest.aet, "127.0.0.1", dest.dicom_port]})
+    ws = t.workspace(src)
+    ws.rule("send", action="FORWARD", destination="DEST",
+            tags=[("StudyDescription", "Study", "pipe")])
+    s = small_study(src, "PF01", "PIPE FORWARD", n=30)
+    src.wait_stable(s["study"])
+    env = ws.env(AUTORTHANC_LOG_FORMAT="json", AUTORTHANC_LOG_LEVEL="debug")
+    d = t.daemon(["run"], env=env)
+    # killed the moment Orthanc has the forward (its job id is in the ledger)
+    h.wait_for(lambda: "forward.submitted" in d.stderr(), 30, "the forward handed to Orthanc",
+               interval=0.005)
+    d.stop(signal.SIGKILL)
+    d2 = t.daemon(["run"], env=env)
+    h.wait_for(lambda: [j["status"] for j in f.jobs(ws)] == ["done"], 60,
+               "the forward recorded done after the restart")
+    assert d2.stop() == 0, h.tail(d2.stderr())
+    stores = [j for j in (src.get(f"/jobs/{i}") for i in src.get("/jobs"))
+              if j.get("Type") == "DicomModalityStore"]
+    assert len(stores) == 1, f"{len(stores)} store jobs in Orthanc: the restart sent again"
+    assert "forward.submitted" not in d2.stderr(), "the second daemon submitted the forward again"
+    assert sorted(dest.get("/instances")) == sorted(s["instances"])
+
+
+def test_trickling_file_is_cut_and_others_pass(t):
+    o = t.orthanc("PIPESLOW", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("keep", tags=[("StudyDescription", "Study", "pipe")])
+    slow = small_study(o, "PT01", "PIPE SLOW", n=3, seed=3)
+    o.wait_stable(slow["study"])
+    proxy = f.FaultProxy(o.url).start()
+    t.defer(proxy.stop)
+    # the right Content-Length, then 2 bytes/s: only a low-speed limit ends it
+    proxy.add(rf"/instances/{slow['instances'][0]}/file", "slow", times=1, rate=2)
+    env = ws.env(AUTORTHANC_LOG_FORMAT="json", AUTORTHANC_ORTHANC_URL=proxy.url,
+                 AUTORTHANC_LOW_SPEED_TIME="3", AUTORTHANC_RETRY_INITIAL="0.5",
+                 AUTORTHANC_POLL_INTERVAL="0.2")
+    d = t.daemon(["run"], env=env)
+    h.wait_for(lambda: proxy.count(rf"/instances/{slow['instances'][0]}/file", fault="slow"),
+               30, "the trickling transfer")
+    other = small_study(o, "PT02", "PIPE OTHER", seed=4)
+    o.wait_stable(other["study"])
+    t0 = time.monotonic()
+    h.wait_for(lambda: os.path.isdir(ws.path("keep", "PT02-PIPE-EX02")), 30,
+               "the study that arrived while a file trickled")
+    took = time.monotonic() - t0
+    assert took < 10, f"a study waited {took:.1f} s behind a trickling transfer"
+    h.wait_for(lambda: os.path.isdir(ws.path("keep", "PT01-PIPE-EX01")), 60,
+               "the trickled study, cut and retried")
+    assert d.stop() == 0, h.tail(d.stderr())
+    h.assert_tree_matches(o, ws.storage, h.expected_files(o, slow["study"], "keep/PT01-PIPE-EX01"),
+                          exact=False)
+    failed = f.events(d.stderr(), "job.failed")
+    assert len(failed) == 1, f"one cut transfer, one failed attempt: {failed}"
+
+
+def test_instance_deleted_mid_export_keeps_the_rest(t):
+    o = t.orthanc("PIPEDEL", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("keep", tags=[("StudyDescription", "Study", "pipe")])
+    s = small_study(o, "PD01", "PIPE DELETE", n=4)
+    o.wait_stable(s["study"])
+    victim = s["instances"][1]
+    proxy = f.FaultProxy(o.url).start()
+    t.defer(proxy.stop)
+    proxy.add(rf"/instances/{victim}/file", "hook", times=1,
+              fn=lambda method, path: o.delete(f"/instances/{victim}"))
+    r = ws.run_once(env={"AUTORTHANC_ORTHANC_URL": proxy.url, "AUTORTHANC_LOG_FORMAT": "json"},
+                    expect_rc=0)
+    assert f.events(r.stderr, "export.reread"), h.tail(r.stderr)
+    want = h.expected_files(o, s["study"], "keep/PD01-PIPE-EX01")
+    assert len(want) == 3, f"the study should hold 3 instances now, not {len(want)}"
+    h.assert_tree_matches(o, ws.storage, want)
+    assert [j["status"] for j in f.jobs(ws)] == ["done"]
+
+
+def watched(ws):
+    """Arrivals the daemon still watches (its ledger, read on the side)."""
+    import sqlite3
+    db = sqlite3.connect(os.path.join(ws.state, "autorthanc.sqlite"), timeout=10)
+    try:
+        return db.execute("SELECT count(*) FROM watch").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_waiting_for_a_study_costs_a_bounded_number_of_requests(t):
+    o = t.orthanc("PIPEWAIT", dicom=False, extra_config={"StableAge": 6})
+    proxy = t.proxy(o)
+    ws = t.workspace(o)
+    ws.rule("keep", tags=[("StudyDescription", "Study", "pipe")])
+    ws.rule("perseries", check_on="Series", tags=[("StudyDescription", "Study", "pipe")])
+    env = ws.env(AUTORTHANC_ORTHANC_URL=proxy.url, AUTORTHANC_STABLE_AGE="6",
+                 AUTORTHANC_POLL_INTERVAL="0.2", AUTORTHANC_LOG_FORMAT="json")
+    d = t.daemon(["run"], env=env)
+    s = o.create_study("PW01", "PIPE^WAIT", "1",
+                       [{"SeriesNumber": str(n), "SeriesDate": "20241201", "instances": 1}
+                        for n in range(1, 11)],
+                       study_tags={"StudyDescription": "PIPE WAIT"})
+    h.wait_for(lambda: os.path.isdir(ws.path("keep", "PW01-PIPE-EX1")) and
+               len(os.listdir(ws.path("perseries"))) == 10 if os.path.isdir(ws.path("perseries"))
+               else False, 60, "the study and its 10 series exported")
+    h.wait_for(lambda: watched(ws) == 0, 30, "no arrival left to watch")
+    assert d.stop() == 0, h.tail(d.stderr())
+    ids = {s["study"]} | {x["id"] for x in s["series"]}
+    reqs = [(m, p) for m, p in proxy.take()
+            if any(i in p for i in ids) and not p.endswith("/file")]
+    # decisions: 3 for the study + 3 per series change at most; plans: 3 per
+    # job; arrivals: at most one look each at the study and its 10 series
+    # (once per cycle per series, 30 cycles, before: 300+)
+    arrival_looks = [p for m, p in reqs if m == "GET" and p.split("?")[0] in
+                     {f"/studies/{s['study']}"} | {f"/series/{x['id']}" for x in s["series"]}]
+    print(f"# waiting for a 10-series study: {len(reqs)} requests naming it "
+          f"({len(arrival_looks)} GET /studies|/series/<id>)")
+    assert len(arrival_looks) <= 22, \
+        f"{len(arrival_looks)} looks at the arriving study and series: {arrival_looks[:12]}"
+    assert not f.events(d.stderr(), "stable.unlogged")
+
+
+def test_equal_stable_ages_export_each_study_once(t):
+    o = t.orthanc("PIPEONCE", dicom=False, extra_config={"StableAge": 10})
+    ws = t.workspace(o)
+    ws.rule("keep", tags=[("StudyDescription", "Study", "pipe")])
+    env = ws.env(AUTORTHANC_STABLE_AGE="10", AUTORTHANC_POLL_INTERVAL="0.2",
+                 AUTORTHANC_LOG_FORMAT="json")
+    d = t.daemon(["run"], env=env)
+    studies = [small_study(o, f"PE{k:02d}", "PIPE ONCE", n=1, seed=k) for k in range(1, 41)]
+    h.wait_for(lambda: os.path.isdir(ws.path("keep")) and
+               len(os.listdir(ws.path("keep"))) >= 40, 120, "40 exports")
+    h.wait_for(lambda: watched(ws) == 0, 60, "no arrival left to watch")
+    assert d.stop() == 0, h.tail(d.stderr())
+    # (a decision job may show up when Orthanc, busy storing, answers slowly)
+    jobs = [j for j in f.jobs(ws) if j["action"] == "download"]
+    assert len(jobs) == 40 and all(j["status"] == "done" for j in jobs), \
+        f"{len(jobs)} jobs for 40 studies (a second export each time the fallback fires)"
+    assert sorted(os.listdir(ws.path("keep"))) == sorted(
+        f"PE{k:02d}-PIPE-EX{k:02d}" for k in range(1, 41))
+    assert not f.events(d.stderr(), "stable.unlogged"), "the fallback acted on a logged study"
+    assert len(studies) == 40
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 return {
   check_on = "study",
   action = "download",
-  priority = 3,
+  urgency = 3,
   match = function(study, series)
     return true
   end,

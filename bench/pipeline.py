@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""bench/pipeline.py - the pipeline's speed: backlog throughput and latency.
+
+  backlog   N one-instance studies, already stable, then `run --once`:
+            studies/s with fsync off and on, next to plain curl fetching the
+            same N files with the same concurrency (the reference, measured in
+            the same run): ratio = autorthanc's studies/s / curl's files/s.
+  latency   M small studies arriving one after another while the daemon runs:
+            seconds from the moment their StableStudy change is in Orthanc's
+            log to the moment their export folder exists, p50 and p99, first
+            with nothing else going on (the reference), then while a big
+            export runs and a FORWARD target that never answers is queued.
+            Target: p99 <= poll interval + 1 s under load.
+
+Times are printed, never asserted.  Orthanc runs on loopback ports chosen at
+run time; every process started here ends with this script.
+
+    python3 bench/pipeline.py --binary build/autorthanc [--quick]
+        [--backlog 1000] [--latency 50] [--big-mb 1024] [--poll-interval 1]
+"""
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+here = os.path.dirname(os.path.abspath(__file__))
+repo = os.path.dirname(here)
+sys.path.insert(0, os.path.join(repo, "tests", "lib"))
+sys.path.insert(0, here)
+import harness as h  # noqa: E402
+import bench as B  # noqa: E402  (make_dicom: CT images of any size)
+
+
+def log(msg):
+    print(f"pipeline: {msg}", file=sys.stderr, flush=True)
+
+
+def upload_study(o, pid, n, rows=16, cols=16, desc="PIPEBENCH"):
+    study_uid, series_uid = h.new_uid(), h.new_uid()
+    pixels = os.urandom(rows * cols * 2)
+    for k in range(n):
+        tags = {"SOPInstanceUID": h.new_uid(), "StudyDate": "20241201", "SeriesDate": "20241201",
+                "AccessionNumber": pid, "StudyDescription": desc, "SeriesDescription": "S",
+                "PatientName": "BENCH^PIPE", "PatientID": pid, "StudyInstanceUID": study_uid,
+                "SeriesInstanceUID": series_uid, "StudyID": "1", "SeriesNumber": "1",
+                "InstanceNumber": str(k + 1)}
+        r = o.post("/instances", body=B.make_dicom(tags, rows, cols, pixels),
+                   content_type="application/dicom")
+    return r["ParentStudy"]
+
+
+def stable_studies(o):
+    return {c["ID"] for c in o.changes(0) if c["ChangeType"] == "StableStudy"}
+
+
+def pctl(values, p):
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    k = min(len(v) - 1, max(0, int(round(p / 100 * (len(v) - 1)))))
+    return v[k]
+
+
+def rule(ws, name, action="DOWNLOAD", destination=None):
+    ws.rule(name, action=action, destination=destination,
+            tags=[("StudyDescription", "Study", "pipebench")])
+
+
+def env_for(ws, **kw):
+    e = ws.env(AUTORTHANC_LOG_FORMAT="json")
+    e.update({k: str(v) for k, v in kw.items()})
+    return e
+
+
+def backlog(t, binary, n, conns):
+    o = t.orthanc("BACKLOG", dicom=False)
+    log(f"backlog: storing {n} one-instance studies")
+    ids = [upload_study(o, f"BL{k:05d}", 1) for k in range(n)]
+    h.wait_for(lambda: len(stable_studies(o) & set(ids)) == n, 120 + n / 5, "stable backlog",
+               interval=0.5)
+    files = [i for s in ids for i in o.study_instances(s)]
+    # reference: one curl, `conns` transfers at once, every file to disk
+    ref_dir = os.path.join(t.tmp, "curl")
+    os.makedirs(ref_dir)
+    cfg = os.path.join(t.tmp, "curl.cfg")
+    with open(cfg, "w") as f:
+        for k, i in enumerate(files):
+            f.write(f'url = "{o.url}/instances/{i}/file"\noutput = "{ref_dir}/{k}.dcm"\n')
+    t0 = time.monotonic()
+    subprocess.run(["curl", "-sS", "--fail", "-Z", "--parallel-max", str(conns), "-K", cfg],
+                   check=True)
+    ref = n / (time.monotonic() - t0)
+    rows = []
+    for fsync in ("off", "on"):
+        ws = t.workspace(o, name=f"bl-{fsync}")
+        rule(ws, "all")
+        env = env_for(ws, AUTORTHANC_FSYNC="true" if fsync == "on" else "false",
+                      AUTORTHANC_MAX_CONNECTIONS=conns)
+        t0 = time.monotonic()
+        r = h.run_autorthanc(["run", "--once"], env=env, cwd=ws.root, timeout=1800)
+        dt = time.monotonic() - t0
+        if r.rc != 0:
+            raise SystemExit(f"backlog run failed ({r.rc}):\n{h.tail(r.stderr)}")
+        got = len(os.listdir(ws.path("all")))
+        if got != n:
+            raise SystemExit(f"backlog: {got} of {n} studies exported")
+        rows.append((fsync, n / dt))
+        shutil.rmtree(ws.storage)
+    print(f"\nbacklog: {n} one-instance studies already stable, `run --once`, "
+          f"{conns} connections per export")
+    print(f"  {'fsync':6} {'studies/s':>10} {'curl files/s':>13} {'ratio':>6}")
+    for fsync, rate in rows:
+        print(f"  {fsync:6} {rate:10.1f} {ref:13.1f} {rate / ref:6.2f}")
+    return rows
+
+
+class SilentListener:
+    """Accepts DICOM associations and never answers (a hung PACS)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def latency(t, m, big_mb, poll, loaded):
+    listener = SilentListener()
+    t.defer(listener.close)
+    o = t.orthanc("LAT" + ("LOAD" if loaded else "IDLE"), dicom=False,
+                  modalities={"HUNG": ["HUNG", "127.0.0.1", listener.port]},
+                  extra_config={"DicomScuTimeout": 30})
+    ws = t.workspace(o, name="lat-" + ("load" if loaded else "idle"))
+    rule(ws, "keep")
+    if loaded:
+        rule(ws, "send", action="FORWARD", destination="HUNG")
+        # the big study: 512x512 16-bit CT images, big_mb in all
+        per = 512 * 512 * 2
+        count = max(1, big_mb * 1024 * 1024 // per)
+        log(f"latency: storing a {big_mb} MB study ({count} images)")
+        big = upload_study(o, "LBIG", count, rows=512, cols=512)
+        h.wait_for(lambda: big in stable_studies(o), 300, "the big study stable", interval=0.5)
+    env = env_for(ws, AUTORTHANC_POLL_INTERVAL=poll, AUTORTHANC_STABLE_AGE=2)
+    d = t.daemon(["run"], env=env, cwd=ws.root)
+    if loaded:
+        h.wait_for(lambda: os.path.isdir(ws.path("keep")) and any(
+            p.endswith(".WORKING") for p in os.listdir(ws.path("keep"))), 120,
+            "the big export under way", interval=0.01)
+    seen_stable, exported = {}, {}
+    stop = threading.Event()
+
+    def watch():
+        since = 0
+        while not stop.is_set():
+            for c in o.changes(since):
+                since = max(since, c["Seq"])
+                if c["ChangeType"] == "StableStudy":
+                    seen_stable.setdefault(c["ID"], time.monotonic())
+            time.sleep(0.02)
+
+    def folders():
+        while not stop.is_set():
+            if os.path.isdir(ws.path("keep")):
+                for p in os.listdir(ws.path("keep")):
+                    if not p.endswith(".WORKING"):
+                        exported.setdefault(p, time.monotonic())
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=watch, daemon=True),
+               threading.Thread(target=folders, daemon=True)]
+    for th in threads:
+        th.start()
+    smalls = {}
+    for k in range(m):
+        pid = f"LS{k:03d}"
+        smalls[upload_study(o, pid, 1)] = f"{pid}-BENCH-EX1"
+        time.sleep(0.3)  # arrivals spaced like a modality's, not a synchronisation
+    h.wait_for(lambda: all(f in exported for f in smalls.values()), 120 + m,
+               "every small study exported", interval=0.1)
+    stop.set()
+    still_big = loaded and not os.path.isdir(ws.path("keep", "LBIG-BENCH-EX1"))
+    d.stop()
+    lat = [exported[f] - seen_stable[s] for s, f in smalls.items() if s in seen_stable]
+    return lat, still_big
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--backlog", type=int, default=None)
+    ap.add_argument("--latency", type=int, default=None)
+    ap.add_argument("--big-mb", type=int, default=None)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--poll-interval", type=float, default=1.0)
+    a = ap.parse_args()
+    os.environ["AR_BINARY"] = os.path.abspath(a.binary)
+    n = a.backlog or (30 if a.quick else 1000)
+    m = a.latency or (6 if a.quick else 50)
+    big = a.big_mb or (20 if a.quick else 1024)
+    t = h.TestContext("pipebench")
+    try:
+        backlog(t, a.binary, n, a.connections)
+        idle, _ = latency(t, m, big, a.poll_interval, loaded=False)
+        load, overlapped = latency(t, m, big, a.poll_interval, loaded=True)
+        print(f"\nlatency: {m} small studies, StableStudy in Orthanc's log -> export folder, "
+              f"poll_interval {a.poll_interval} s")
+        print(f"  {'':34} {'p50 s':>7} {'p99 s':>7}")
+        print(f"  {'nothing else running (reference)':34} {pctl(idle, 50):7.2f} "
+              f"{pctl(idle, 99):7.2f}")
+        print(f"  {f'{big} MB export + a hung FORWARD':34} {pctl(load, 50):7.2f} "
+              f"{pctl(load, 99):7.2f}")
+        print(f"  ratio p99 loaded / reference: {pctl(load, 99) / max(pctl(idle, 99), 1e-3):.2f}; "
+              f"target p99 <= {a.poll_interval + 1:.1f} s; the big export "
+              f"{'was still running' if overlapped else 'had finished'} when the last small "
+              f"one was exported")
+    finally:
+        t.close()
+        shutil.rmtree(t.tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
