@@ -85,7 +85,7 @@ def backlog(t, binary, n, conns):
     ids = [upload_study(o, f"BL{k:05d}", 1) for k in range(n)]
     h.wait_for(lambda: len(stable_studies(o) & set(ids)) == n, 120 + n / 5, "stable backlog",
                interval=0.5)
-    files = [i for s in ids for i in o.study_instances(s)]
+    files = [i["ID"] for s in ids for i in o.get(f"/studies/{s}/instances")]
     # reference: one curl, `conns` transfers at once, every file to disk
     ref_dir = os.path.join(t.tmp, "curl")
     os.makedirs(ref_dir)
@@ -94,7 +94,7 @@ def backlog(t, binary, n, conns):
         for k, i in enumerate(files):
             f.write(f'url = "{o.url}/instances/{i}/file"\noutput = "{ref_dir}/{k}.dcm"\n')
     t0 = time.monotonic()
-    subprocess.run(["curl", "-sS", "--fail", "-Z", "--parallel-max", str(conns), "-K", cfg],
+    subprocess.run(["curl", "-sS", "--no-progress-meter", "--fail", "-Z", "--parallel-max", str(conns), "-K", cfg],
                    check=True)
     ref = n / (time.monotonic() - t0)
     rows = []
