@@ -74,6 +74,38 @@ static void budget_hook(lua_State *L, lua_Debug *ar)
     lua_error(L);
 }
 
+/* Restart the count and the clock of the running call (unless it already
+ * tripped: a stop stays a stop). */
+static void renew(ar_budget *b)
+{
+    long ms = b->timeout_ms;
+    if (b->tripped != AR_BUDGET_OK)
+        return;
+    b->used = 0;
+    now_mono(&b->deadline);
+    b->deadline.tv_sec += ms / 1000;
+    b->deadline.tv_nsec += (ms % 1000) * 1000000L;
+    if (b->deadline.tv_nsec >= 1000000000L) {
+        b->deadline.tv_sec++;
+        b->deadline.tv_nsec -= 1000000000L;
+    }
+}
+
+/* M.c.renew_budget(): host code (rules/layout.lua) gives each hook call of
+ * a plan its own budget.  Never reachable from a rule's sandbox. */
+static int l_renew_budget(lua_State *L)
+{
+    renew(&ar_engine_of(L)->budget);
+    return 0;
+}
+
+void ar_budget_register(lua_State *L, int t)
+{
+    t = lua_absindex(L, t);
+    lua_pushcfunction(L, l_renew_budget);
+    lua_setfield(L, t, "renew_budget");
+}
+
 void ar_budget_arm(lua_State *L, ar_budget *b)
 {
     long ms = b->timeout_ms;

@@ -51,6 +51,9 @@ typedef struct ar_budget {
 } ar_budget;
 
 void ar_budget_arm(lua_State *L, ar_budget *b);
+/* Add renew_budget() (a fresh budget for the next hook call of the running
+ * call; host code only) to the table at index t (M.c). */
+void ar_budget_register(lua_State *L, int t);
 /* Removes the hook; returns b->tripped. */
 int ar_budget_disarm(lua_State *L, ar_budget *b);
 /* "exceeded instruction budget (N instructions) at rules/x.lua:3" */

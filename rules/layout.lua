@@ -95,11 +95,20 @@ end
 -- { folder = comps, series = { comps, ... },
 --   ids = {...}, sizes = {...|false}, sidx = {...}, names = { comps, ... } }
 -- `only` is the real series of a series rule, nil for a study rule.
+-- Each hook call gets its own instruction budget and deadline (renew), and
+-- so does every run of RENEW_EVERY default-named files: planning 100,000
+-- instances is as bounded per file as planning one.
+local RENEW_EVERY = 1000
+
 function layout.plan(rec, snap, only)
+    local renew = M.c.renew_budget or function() end -- the REPL has no budget to renew
     local real, view, wrap = snap.real, snap.view, snap.wrap
     local sview = only and wrap(only) or nil
     local folder
-    if rec.name then folder = layout.components(rec.name(view, sview), "name hook") end
+    if rec.name then
+        renew()
+        folder = layout.components(rec.name(view, sview), "name hook")
+    end
     folder = folder or layout.default_folder(real, only)
 
     local out = { folder = folder, series = {}, ids = {}, sizes = {}, sidx = {}, names = {} }
@@ -110,6 +119,7 @@ function layout.plan(rec, snap, only)
         local sv = wrap(s)
         local sname
         if rec.series_name then
+            renew()
             sname = layout.components(rec.series_name(view, sv), "series_name hook")
         end
         out.series[k] = sname or layout.default_series(s)
@@ -121,7 +131,10 @@ function layout.plan(rec, snap, only)
             sidx[n] = k
             local fname
             if file_name then
+                renew()
                 fname = layout.components(file_name(view, sv, wrap(inst)), "file_name hook")
+            elseif n % RENEW_EVERY == 0 then
+                renew()
             end
             names[n] = fname or layout.default_file(inst)
         end

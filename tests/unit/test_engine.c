@@ -1055,6 +1055,70 @@ static void test_performance(void)
     tf_rm_tree(dir);
 }
 
+/* A fixture of one study with n instances in one series (minimal tags). */
+static char *big_fixture(size_t n, size_t *len)
+{
+    size_t cap = 4096 + n * 400, o = 0;
+    char *s = malloc(cap);
+    if (!s)
+        exit(2);
+    o += (size_t)snprintf(s + o, cap - o,
+        "{\"study\": {\"ID\": \"big-study\", \"MainDicomTags\": {\"StudyInstanceUID\": \"1.2.3\","
+        " \"StudyDate\": \"20241201\", \"StudyID\": \"7\"}, \"PatientMainDicomTags\":"
+        " {\"PatientID\": \"BIG\", \"PatientName\": \"BIG^STUDY\"}, \"Series\": [\"big-series\"]},"
+        " \"series\": [{\"ID\": \"big-series\", \"MainDicomTags\": {\"SeriesInstanceUID\": \"1.2.3.1\","
+        " \"SeriesNumber\": \"1\", \"Modality\": \"MR\"}, \"ParentStudy\": \"big-study\","
+        " \"Instances\": []}], \"instances\": [");
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(s + o, cap - o,
+            "%s{\"ID\": \"i%zu\", \"FileSize\": 1000, \"ParentSeries\": \"big-series\","
+            " \"MainDicomTags\": {\"InstanceNumber\": \"%zu\", \"SOPInstanceUID\": \"1.2.3.1.%zu\"}}",
+            i ? ", " : "", i, i + 1, i + 1);
+    o += (size_t)snprintf(s + o, cap - o, "]}");
+    *len = o;
+    return s;
+}
+
+/* Planning a big study: every hook call (here a FileNaming template, one
+ * call per file) has its own budget, so the plan does not fail at ~12,000
+ * instances with "exceeded instruction budget"; a runaway hook is still
+ * stopped. */
+static void test_big_plan(void)
+{
+    /* a budget a whole plan of 20,000 files would exceed many times over,
+     * as the default one is for bigger studies and heavier hooks */
+    ar_engine *e = engine(300000, 0, 1024, NULL);
+    char *dir = tf_new_dir("ar-bigplan");
+    char err[1024];
+    ar_plan p;
+    size_t len, n = 20000;
+    tf_write_file(dir, "named.json",
+                  "{\"CheckOn\": \"Study\", \"IsActive\": true, \"Action\": \"DOWNLOAD\","
+                  " \"Tags\": [], \"FileNaming\": \"IM{InstanceNumber:06}-{SOPInstanceUID}.dcm\"}");
+    tf_write_file(dir, "loops.lua",
+                  "return { check_on = 'study', action = 'download', match = function() return true end,\n"
+                  "  file_name = function(study, series, inst) while true do end end }\n");
+    CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
+    char *fx = big_fixture(n, &len);
+    int rc = ar_engine_set_study_fixture(e, fx, len, err, sizeof err);
+    free(fx);
+    CHECK(rc == 0, "a %zu-instance fixture: %s", n, err);
+    if (rc == 0) {
+        rc = ar_engine_plan(e, (size_t)rule_index(e, "named"), NULL, &p, err, sizeof err);
+        CHECK(rc == 0, "FileNaming on %zu instances: %s", n, err);
+        if (rc == 0) {
+            CHECK_INT(p.n, n);
+            CHECK_STR(p.files[n - 1].rel_path, "SE1-UNKNOWN-1.2.3.1/IM020000-1.2.3.1.20000.dcm");
+            ar_plan_free(&p);
+        }
+        rc = ar_engine_plan(e, (size_t)rule_index(e, "loops"), NULL, &p, err, sizeof err);
+        CHECK(rc == AR_ERULE && strstr(err, "exceeded instruction budget"),
+              "a runaway file_name hook is still stopped: %s", err);
+    }
+    ar_engine_free(e);
+    tf_rm_tree(dir);
+}
+
 int main(void)
 {
     find_datadir();
@@ -1066,6 +1130,7 @@ int main(void)
     test_loading();
     test_hooks();
     test_plans();
+    test_big_plan();
     test_overlay();
     test_performance();
     return tap_done();
