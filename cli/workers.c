@@ -86,7 +86,9 @@ static double backoff(const ar_config *c, int attempts)
 
 static int lane_concurrency(const ar_config *c, const char *lane)
 {
-    return strcmp(lane, "storage") == 0 ? c->max_parallel_exports : c->forward_concurrency;
+    if (strncmp(lane, MODALITY_LANE, strlen(MODALITY_LANE)) == 0)
+        return ar_config_target_concurrency(c, lane + strlen(MODALITY_LANE));
+    return c->max_parallel_exports;
 }
 
 static int is_forward_lane(const char *lane)

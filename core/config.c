@@ -35,6 +35,7 @@ typedef enum {
     K_USER,     /* free text, no ':' (HTTP basic auth) nor controls */
     K_SECRET,   /* free text, never echoed */
     K_PATH,     /* non-empty */
+    K_TARGETS,  /* "NAME=N,NAME=N": per FORWARD target concurrency */
     K_DOUBLE,
     K_INT,
     K_LONG,
@@ -72,6 +73,7 @@ static const key_def keys[] = {
     { "max_connections", "AUTORTHANC_MAX_CONNECTIONS", NULL, K_INT, NUM_FIELD(max_connections), 1, 256 },
     { "max_parallel_exports", "AUTORTHANC_MAX_PARALLEL_EXPORTS", NULL, K_INT, NUM_FIELD(max_parallel_exports), 1, 64 },
     { "forward_concurrency", "AUTORTHANC_FORWARD_CONCURRENCY", NULL, K_INT, NUM_FIELD(forward_concurrency), 1, 64 },
+    { "target_concurrency", "AUTORTHANC_TARGET_CONCURRENCY", NULL, K_TARGETS, STR_FIELD(target_concurrency), 0, 0 },
     { "forward_timeout", "AUTORTHANC_FORWARD_TIMEOUT", NULL, K_DOUBLE, NUM_FIELD(forward_timeout), 1, 30 * 86400 },
     { "low_speed_limit", "AUTORTHANC_LOW_SPEED_LIMIT", NULL, K_LONG, NUM_FIELD(low_speed_limit), 1, 1e9 },
     { "low_speed_time", "AUTORTHANC_LOW_SPEED_TIME", NULL, K_LONG, NUM_FIELD(low_speed_time), 1, 86400 },
@@ -121,6 +123,22 @@ void ar_config_defaults(ar_config *c)
     c->rule_instruction_budget = 10000000LL;
     c->rule_timeout_ms = 2000;
     c->rule_memory_mb = 64;
+}
+
+int ar_config_target_concurrency(const ar_config *c, const char *modality)
+{
+    size_t len = strlen(modality);
+    for (const char *p = c->target_concurrency; *p;) {
+        const char *eq = strchr(p, '='), *end = strchr(p, ',');
+        if (!eq)
+            break;
+        if ((size_t)(eq - p) == len && strncmp(p, modality, len) == 0)
+            return (int)strtol(eq + 1, NULL, 10);
+        if (!end)
+            break;
+        p = end + 1;
+    }
+    return c->forward_concurrency;
 }
 
 static const key_def *find_key(const char *name)
@@ -314,6 +332,31 @@ static int set_key(ar_config *c, const key_def *k, const char *value, const char
                              origin, k->name, show(value, shown, sizeof shown));
         memcpy(base, value, strlen(value) + 1);
         return AR_OK;
+    case K_TARGETS: {
+        /* each item NAME=N, N from 1 to 64, NAME without '=', ',' or controls */
+        const char *p = value;
+        if (strlen(value) >= k->size)
+            return ar_seterr(err, errlen, AR_ECONFIG, "%s: invalid value for %s: longer than %zu bytes",
+                             origin, k->name, k->size - 1);
+        while (*p) {
+            const char *eq = strchr(p, '='), *end = strchr(p, ',');
+            if (!end)
+                end = p + strlen(p);
+            char *num_end = NULL;
+            long v = eq && eq < end ? strtol(eq + 1, &num_end, 10) : 0;
+            int bad_name = !eq || eq == p || eq > end;
+            for (const char *q = p; !bad_name && q < eq; q++)
+                bad_name = (unsigned char)*q < 0x20 || *q == 0x7f;
+            if (bad_name || num_end != end || v < 1 || v > 64)
+                return ar_seterr(err, errlen, AR_ECONFIG,
+                                 "%s: invalid value for %s '%s': expected MODALITY=N items "
+                                 "separated by ',' (N from 1 to 64), e.g. PACS=4,ARCHIVE=2",
+                                 origin, k->name, show(value, shown, sizeof shown));
+            p = *end ? end + 1 : end;
+        }
+        memcpy(base, value, strlen(value) + 1);
+        return AR_OK;
+    }
     case K_PATH:
         if (!*value)
             return ar_seterr(err, errlen, AR_ECONFIG,

@@ -21,6 +21,8 @@
  *   max_connections       AUTORTHANC_MAX_CONNECTIONS (parallel transfers) 4
  *   max_parallel_exports  AUTORTHANC_MAX_PARALLEL_EXPORTS               2
  *   forward_concurrency   AUTORTHANC_FORWARD_CONCURRENCY (per FORWARD target) 1
+ *   target_concurrency    AUTORTHANC_TARGET_CONCURRENCY ("PACS=4,ARCHIVE=2":
+ *                         per-target forward_concurrency)              ""
  *   forward_timeout       AUTORTHANC_FORWARD_TIMEOUT (seconds a FORWARD may run) 3600
  *   low_speed_limit       AUTORTHANC_LOW_SPEED_LIMIT (bytes/s)          1000
  *   low_speed_time        AUTORTHANC_LOW_SPEED_TIME (seconds below the limit
@@ -63,6 +65,7 @@ typedef struct ar_config {
     int max_connections;
     int max_parallel_exports;      /* the storage lane's concurrency */
     int forward_concurrency;       /* each FORWARD target lane's concurrency */
+    char target_concurrency[1024]; /* "NAME=N,...": overrides for some targets */
     double forward_timeout;        /* give a FORWARD up after this long in Orthanc */
     long low_speed_limit;          /* bytes/s: slower for low_speed_time s = stalled */
     long low_speed_time;
@@ -79,6 +82,10 @@ typedef struct ar_config {
     long rule_timeout_ms;
     long rule_memory_mb;
 } ar_config;
+
+/* The concurrency of the FORWARD target lane for modality: its entry in
+ * target_concurrency, else forward_concurrency. */
+int ar_config_target_concurrency(const ar_config *c, const char *modality);
 
 /* Fill c with defaults. */
 void ar_config_defaults(ar_config *c);

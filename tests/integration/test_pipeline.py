@@ -131,6 +131,12 @@ def test_dead_forward_lane_does_not_stall_downloads(t):
         f"a dead destination must not use up attempts: {[(j['id'], j['attempts']) for j in jobs]}"
     downs = f.events(d.stderr(), "lane.down")
     assert len(downs) == 1, f"the lane went down once, not per job: {downs}"
+    # status says so (the daemon writes its lane table each cycle)
+    h.wait_for(lambda: "modality:HUNG: DOWN since" in ws.run(
+        ["status"], env={"AUTORTHANC_ORTHANC_URL": src.url}).stdout, 10, "status showing the lane")
+    st = json.loads(ws.run(["status", "--json"], env={"AUTORTHANC_ORTHANC_URL": src.url}).stdout)
+    lane = [x for x in st["lanes"] if x["name"] == "modality:HUNG"]
+    assert lane and lane[0]["state"] == "down" and lane[0]["waiting"] == 7, st["lanes"]
 
     # a real PACS takes the port: every queued forward arrives
     port = listener.port

@@ -350,7 +350,24 @@ static void test_values(void)
         { "orthanc_username", "a:b", 0 }, { "orthanc_username", "a\nb", 0 }, { "orthanc_username", "", 1 },
         { "rules_dir", "", 0 }, { "state_dir", "relative/state", 1 },
         { "no_such_key", "1", 0 }, { "ORTHANC_URL", "http://x", 0 },
+        { "target_concurrency", "PACS=4,ARCHIVE=2", 1 }, { "target_concurrency", "", 1 },
+        { "target_concurrency", "PACS", 0 }, { "target_concurrency", "PACS=0", 0 },
+        { "target_concurrency", "=2", 0 }, { "target_concurrency", "PACS=2,", 1 },
+        { "target_concurrency", "PACS=65", 0 }, { "target_concurrency", "PACS=2x", 0 },
+        { "forward_concurrency", "0", 0 }, { "forward_timeout", "0", 0 },
+        { "low_speed_limit", "0", 0 }, { "low_speed_time", "5", 1 },
     };
+    {
+        ar_config c;
+        char err[512] = "";
+        ar_config_defaults(&c);
+        CHECK(ar_config_set(&c, "target_concurrency", "PACS=4,ARCHIVE=2", "test", err, sizeof err) == 0,
+              "%s", err);
+        CHECK_INT(ar_config_target_concurrency(&c, "PACS"), 4);
+        CHECK_INT(ar_config_target_concurrency(&c, "ARCHIVE"), 2);
+        CHECK_INT(ar_config_target_concurrency(&c, "PAC"), 1);
+        CHECK_INT(ar_config_target_concurrency(&c, "OTHER"), 1);
+    }
     size_t i;
     for (i = 0; i < sizeof t / sizeof t[0]; i++) {
         ar_config c;
