@@ -27,6 +27,7 @@ typedef struct ar_app {
     volatile sig_atomic_t *stop; /* set by SIGINT/SIGTERM */
     volatile sig_atomic_t *reload; /* set by SIGHUP */
     int decisions_failed;        /* stable events that could not be decided (logged) */
+    uint64_t jobs_recorded;      /* jobs the watcher put in the ledger (wakes the workers) */
     int64_t orthanc_last;        /* Orthanc's last change seen by the loop, -1 unknown */
     char fresh_study[128];       /* study whose snapshot the engine holds, fetched in
                                   * this cycle ("" = none): decisions and jobs reuse it */

@@ -106,6 +106,7 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
     int outage = 0, removed = 0, rc = AR_OK;
     ar_workers *workers = NULL;
     double started = wall_now();
+    uint64_t kicked_at = 0;
     memset(st, 0, sizeof *st);
     a->orthanc_last = -1;
 
@@ -155,7 +156,10 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
             ar_watch_arrivals(a, &outage);
             ar_watch_decisions(a, once ? started : wall_now());
         }
-        ar_workers_kick(workers);
+        if (a->jobs_recorded != kicked_at) {
+            kicked_at = a->jobs_recorded; /* new work: wake the workers now */
+            ar_workers_kick(workers);
+        }
         save_lanes(a, workers);
         write_status(a, outage, err);
         if (once || (a->stop && *a->stop))

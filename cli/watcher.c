@@ -313,6 +313,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
                 rc = ar_seterr(err, errlen, AR_EIO, "%s", serr);
                 goto out;
             }
+            a->jobs_recorded += jobs.n;
             cursor = upto;
         }
         jobs.n = 0;
@@ -462,6 +463,7 @@ void ar_watch_arrivals(ar_app *a, int *outage)
             ar_log(AR_LOG_ERROR, "state.error", &f, "%s", err);
             goto out;
         }
+        a->jobs_recorded += jobs.n;
     }
 out:
     free(jobs.v);
@@ -518,6 +520,7 @@ void ar_watch_decisions(ar_app *a, double horizon)
                 ar_log(AR_LOG_ERROR, "state.error", &f, "%s", serr);
                 goto out;
             }
+            a->jobs_recorded += jobs.n;
             ar_log(AR_LOG_INFO, "decision.done", &f,
                    "decision job %" PRId64 ": %s %s decided on attempt %d, %zu job(s) queued",
                    d->id, d->level, d->resource_id, d->attempts + 1, jobs.n);

@@ -17,7 +17,7 @@
 #include "jobs.h"
 
 #define LOOK_EVERY 0.5    /* seconds between two looks at a forward's Orthanc job */
-#define IDLE_WAIT 0.5     /* an idle worker looks at the ledger at least this often */
+#define IDLE_WAIT 2.0     /* an idle worker looks at the ledger at least this often */
 #define MODALITY_LANE "modality:"
 #define REREAD_MAX 3      /* re-reads of a study whose instances vanish mid-export */
 
@@ -522,9 +522,16 @@ static void *worker_main(void *arg)
         if (found < 0)
             ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
         if (found <= 0) {
-            p->empty_epoch = p->epoch;
-            pthread_cond_broadcast(&p->cv);
-            double until = wall_now() + IDLE_WAIT;
+            /* tell a drain that nothing is left, once per epoch: a broadcast
+             * for every empty scan would wake the other idle workers into
+             * scans of their own, round and round */
+            if (p->empty_epoch != p->epoch) {
+                p->empty_epoch = p->epoch;
+                pthread_cond_broadcast(&p->cv);
+            }
+            /* woken by new jobs; else look again when a forward's look or a
+             * retry may be due */
+            double until = wall_now() + (p->polls_waiting ? LOOK_EVERY : IDLE_WAIT);
             struct timespec ts = {(time_t)until, (long)((until - floor(until)) * 1e9)};
             pthread_cond_timedwait(&p->cv, &p->mu, &ts);
             continue;

@@ -110,7 +110,7 @@ void ar_config_defaults(ar_config *c)
     c->forward_concurrency = 1;
     c->forward_timeout = 3600;
     c->low_speed_limit = 1000;
-    c->low_speed_time = 30;
+    c->low_speed_time = 60;
     c->http_timeout = 60;
     c->fsync = 1;
     c->verify_md5 = 0;

@@ -26,7 +26,7 @@
  *   forward_timeout       AUTORTHANC_FORWARD_TIMEOUT (seconds a FORWARD may run) 3600
  *   low_speed_limit       AUTORTHANC_LOW_SPEED_LIMIT (bytes/s)          1000
  *   low_speed_time        AUTORTHANC_LOW_SPEED_TIME (seconds below the limit
- *                         before a transfer is cut and retried)         30
+ *                         before a transfer is cut and retried)         60
  *   http_timeout          AUTORTHANC_HTTP_TIMEOUT (seconds, per request, 0=none) 60
  *   fsync                 AUTORTHANC_FSYNC (true/false)                 true
  *   verify_md5            AUTORTHANC_VERIFY_MD5 (true/false)            false
