@@ -16,6 +16,7 @@
 #include "app.h"
 #include "daemon.h"
 #include "toolkit.h"
+#include "watcher.h"
 
 static const char fire_usage[] =
     "usage: autorthanc fire [--config FILE] STUDY [--rule NAME]\n"
@@ -170,6 +171,8 @@ int ar_cmd_fire(int argc, char **argv)
                  v[i].series_id[0] ? v[i].series_id : study_id);
         snprintf(j->study_id, sizeof j->study_id, "%s", study_id);
         snprintf(j->action, sizeof j->action, "%s", r->action);
+        ar_rule_lane(r, j->lane, sizeof j->lane);
+        j->priority = r->priority;
         j->change_seq = seq;
     }
     if (njobs == 0) {
