@@ -5,6 +5,10 @@
             studies/s with fsync off and on, next to plain curl fetching the
             same N files with the same concurrency (the reference, measured in
             the same run): ratio = autorthanc's studies/s / curl's files/s.
+  plan      a big study from a fixture (20,000 and 100,000 instances) with a
+            FileNaming template: seconds and peak RSS per instance, at the
+            default rule_memory_mb (64) and with the cap out of the way.
+  big study a 20,000-instance study stored in Orthanc, exported end to end.
   latency   M small studies arriving one after another while the daemon runs:
             seconds from the moment their StableStudy change is in Orthanc's
             log to the moment their export folder exists, p50 and p99, first
@@ -205,6 +209,84 @@ def latency(t, m, big_mb, poll, loaded):
     return lat, still_big
 
 
+def fixture(path, n):
+    """A study fixture (the shape `autorthanc snapshot` writes) with n instances."""
+    import json
+    inst = [{"ID": f"{i:08x}-0000-0000-0000-000000000000", "FileSize": 500000, "IndexInSeries": i + 1,
+             "ParentSeries": "s1", "Type": "Instance",
+             "MainDicomTags": {"InstanceNumber": str(i + 1),
+                               "SOPInstanceUID": f"1.2.826.0.1.3680043.10.1047.1.1.{i + 1}",
+                               "InstanceCreationDate": "20241201", "InstanceCreationTime": "101500"}}
+            for i in range(n)]
+    d = {"study": {"ID": "st", "MainDicomTags": {"StudyInstanceUID": "1.2.3", "StudyDate": "20241201",
+                                                  "StudyID": "7", "StudyDescription": "PIPEBENCH"},
+                   "PatientMainDicomTags": {"PatientID": "BIG", "PatientName": "BIG^STUDY"},
+                   "Series": ["s1"]},
+         "series": [{"ID": "s1", "MainDicomTags": {"SeriesInstanceUID": "1.2.3.1", "SeriesNumber": "1",
+                                                    "Modality": "MR", "SeriesDate": "20241201"},
+                     "ParentStudy": "st", "Instances": [x["ID"] for x in inst]}],
+         "instances": inst}
+    with open(path, "w") as f:
+        json.dump(d, f)
+
+
+def peak_rss_kb(args, env):
+    """(exit code, seconds, peak RSS in kB) of one run under GNU time."""
+    out = tempfile.mktemp()
+    t0 = time.monotonic()
+    r = subprocess.run(["/usr/bin/time", "-f", "%M", "-o", out] + args, env=env,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    dt = time.monotonic() - t0
+    with open(out) as f:
+        kb = int(f.read().strip().splitlines()[-1])
+    os.unlink(out)
+    return r.returncode, dt, kb, r.stderr
+
+
+def plans(t, binary, sizes):
+    """Deciding and planning a big study from a fixture with a FileNaming
+    template (`autorthanc test --fixture`): time and peak RSS per instance, at
+    the default rule_memory_mb and with the cap out of the way."""
+    rules = os.path.join(t.tmp, "plan-rules")
+    os.makedirs(rules, exist_ok=True)
+    with open(os.path.join(rules, "named.json"), "w") as f:
+        f.write('{"CheckOn": "Study", "IsActive": true, "Action": "DOWNLOAD", "Tags": [], '
+                '"FileNaming": "IM{InstanceNumber:06}-{SOPInstanceUID}.dcm"}')
+    base = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "AUTORTHANC_RULES_DIR": rules}
+    print("\nplan: one study from a fixture, a FileNaming template (`autorthanc test --fixture`)")
+    print(f"  {'instances':>9} {'cap MB':>7} {'result':>7} {'seconds':>8} {'peak RSS MiB':>13} "
+          f"{'KB/instance':>12}")
+    for n in sizes:
+        fx = os.path.join(t.tmp, f"fx{n}.json")
+        fixture(fx, n)
+        for cap in (64, 4096):
+            env = dict(base, AUTORTHANC_RULE_MEMORY_MB=str(cap))
+            rc, dt, kb, _ = peak_rss_kb([binary, "test", "named", "--fixture", fx], env)
+            print(f"  {n:9d} {cap:7d} {'ok' if rc == 0 else 'refused':>7} {dt:8.2f} "
+                  f"{kb / 1024:13.1f} {kb / n:12.2f}")
+        os.unlink(fx)
+
+
+def big_export(t, binary, n, conns):
+    """A study of n small instances stored in Orthanc, exported end to end by
+    `run --once` (decision, plan, transfer, rename): seconds and peak RSS."""
+    o = t.orthanc("BIGSTUDY", dicom=False)
+    log(f"big study: storing {n} instances")
+    study = upload_study(o, "BS00001", n)
+    h.wait_for(lambda: study in stable_studies(o), 600, "the big study stable", interval=0.5)
+    ws = t.workspace(o, name="bigstudy")
+    ws.rule("all", tags=[("StudyDescription", "Study", "pipebench")])
+    env = env_for(ws, AUTORTHANC_FSYNC="false", AUTORTHANC_MAX_CONNECTIONS=conns)
+    env["PATH"] = os.environ.get("PATH", "/usr/bin:/bin")
+    rc, dt, kb, err = peak_rss_kb([binary, "run", "--once"], env)
+    got = sum(len(fs) for _, _, fs in os.walk(ws.storage))
+    print(f"\nbig study: {n} instances stored in Orthanc, `run --once`: exit {rc}, {got} files, "
+          f"{dt:.1f} s, peak RSS {kb / 1024:.1f} MiB")
+    if rc != 0:
+        print(h.tail(err, 10))
+    shutil.rmtree(ws.storage, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--binary", required=True)
@@ -214,13 +296,19 @@ def main():
     ap.add_argument("--big-mb", type=int, default=None)
     ap.add_argument("--connections", type=int, default=4)
     ap.add_argument("--poll-interval", type=float, default=1.0)
+    ap.add_argument("--plan-sizes", default=None, help="instances per fixture, e.g. 20000,100000")
+    ap.add_argument("--big-study", type=int, default=None, help="instances of the stored study")
     a = ap.parse_args()
     os.environ["AR_BINARY"] = os.path.abspath(a.binary)
     n = a.backlog or (30 if a.quick else 1000)
     m = a.latency or (6 if a.quick else 50)
     big = a.big_mb or (20 if a.quick else 1024)
+    sizes = [int(x) for x in (a.plan_sizes or ("2000" if a.quick else "20000,100000")).split(",")]
+    bign = a.big_study or (300 if a.quick else 20000)
     t = h.TestContext("pipebench")
     try:
+        plans(t, os.path.abspath(a.binary), sizes)
+        big_export(t, os.path.abspath(a.binary), bign, a.connections)
         backlog(t, a.binary, n, a.connections)
         idle, _ = latency(t, m, big, a.poll_interval, loaded=False)
         load, overlapped = latency(t, m, big, a.poll_interval, loaded=True)
