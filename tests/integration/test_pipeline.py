@@ -25,6 +25,9 @@
   - test_instance_deleted_mid_export_keeps_the_rest: an instance deleted just
     before its file is fetched: the study is read again and its remaining
     instances are exported.
+  - test_forward_timeout_gives_up_on_a_hung_store: a store job Orthanc keeps
+    running (a PACS that never answers, DicomScuTimeout 120 s) is cancelled
+    after forward_timeout and counted as a failed attempt.
   - test_waiting_for_a_study_costs_a_bounded_number_of_requests: Orthanc's
     StableAge 6 behind a counting proxy, a 10-series study: the arrivals cost
     at most one look each, not one per series per cycle.
@@ -322,6 +325,29 @@ def test_instance_deleted_mid_export_keeps_the_rest(t):
     assert len(want) == 3, f"the study should hold 3 instances now, not {len(want)}"
     h.assert_tree_matches(o, ws.storage, want)
     assert [j["status"] for j in f.jobs(ws)] == ["done"]
+
+
+def test_forward_timeout_gives_up_on_a_hung_store(t):
+    listener = SilentListener()
+    t.defer(listener.close)
+    src = t.orthanc("PIPEFTO", dicom=False,
+                    modalities={"HUNG": ["HUNGPACS", "127.0.0.1", listener.port]},
+                    extra_config={"DicomScuTimeout": 120})
+    ws = t.workspace(src)
+    ws.rule("send", action="FORWARD", destination="HUNG",
+            tags=[("StudyDescription", "Study", "pipe")])
+    s = small_study(src, "PO01", "PIPE TIMEOUT")
+    src.wait_stable(s["study"])
+    t0 = time.monotonic()
+    r = ws.run_once(env={"AUTORTHANC_FORWARD_TIMEOUT": "3", "AUTORTHANC_LOG_FORMAT": "json",
+                         "AUTORTHANC_LOG_LEVEL": "debug"},
+                    expect_rc=1, timeout=100)
+    took = time.monotonic() - t0
+    assert took < 60, f"the forward was given up after {took:.0f} s, not forward_timeout's 3 s"
+    failed = [f.message(e) for e in f.events(r.stderr, "job.failed")]
+    assert any("forward_timeout" in m and "HUNG" in m for m in failed), failed
+    jobs = f.jobs(ws)
+    assert len(jobs) == 1 and jobs[0]["status"] == "pending" and jobs[0]["attempts"] == 1, jobs
 
 
 def watched(ws):
