@@ -6,7 +6,8 @@
 #     Orthancs on loopback ports chosen at run time;
 #  3. a second build with -DAR_SANITIZE=ON (ASan + UBSan) running the whole
 #     suite again (unit and integration tests) against the sanitized binary.
-# Exits non-zero if any build or test fails; the last line sums up all tests.
+# Prints how long each stage took; exits non-zero if any build or test fails;
+# the last line sums up all tests.
 # Environment: AR_BUILD_DIR, AR_ASAN_BUILD_DIR (build folders), AR_JOBS (2),
 # AR_SKIP_ASAN=1 to skip step 3, AR_ASAN_INTEGRATION=0 to run only the unit
 # tests there (about 2 minutes less), AR_SKIP_FUZZ=1 and
@@ -20,7 +21,16 @@ jobs=${AR_JOBS:-2}
 logdir=$(mktemp -d "${TMPDIR:-/tmp}/autorthanc-run.XXXXXX")
 trap 'rm -rf "$logdir"' EXIT
 
-step() { printf '\n==== %s\n' "$*"; }
+# Each stage says how long the one before it took; the summary lists them all.
+stage_name="" stage_start=$SECONDS run_start=$SECONDS timings=()
+end_stage() {
+  if [[ -n $stage_name ]]; then
+    local took=$((SECONDS - stage_start))
+    printf '==== (%s took %d s)\n' "$stage_name" "$took"
+    timings+=("$(printf '%5d s  %s' "$took" "$stage_name")")
+  fi
+}
+step() { end_stage; stage_name="$*" stage_start=$SECONDS; printf '\n==== %s\n' "$*"; }
 die() { echo "tests/run.sh: $*" >&2; exit 1; }
 
 step "dependencies"
@@ -61,6 +71,12 @@ if [[ "${AR_SKIP_BENCH:-0}" != 1 && -f "$src/bench/run.sh" ]]; then
   bash "$src/bench/run.sh" --quick --binary "$build/autorthanc" 2>&1 | tee "$logdir/bench.out"
   [[ ${PIPESTATUS[0]} -eq 0 ]] || status=1
 fi
+
+end_stage
+echo
+echo "stage times:"
+printf '  %s\n' "${timings[@]}"
+printf '  %5d s  all\n' "$((SECONDS - run_start))"
 
 # One closing line for all runs: "N passed, N failed".
 passed=0 failed=0
