@@ -39,6 +39,7 @@ repo = os.path.dirname(here)
 sys.path.insert(0, os.path.join(repo, "tests", "lib"))
 sys.path.insert(0, here)
 import harness as h  # noqa: E402
+import faults  # noqa: E402  (FaultProxy: the big export's slow link)
 import bench as B  # noqa: E402  (make_dicom: CT images of any size)
 
 
@@ -149,7 +150,7 @@ class SilentListener:
             c.close()
 
 
-def latency(t, m, big_mb, poll, loaded):
+def latency(t, m, big_mb, poll, loaded, big_rate_mb=24):
     listener = SilentListener()
     t.defer(listener.close)
     o = t.orthanc("LAT" + ("LOAD" if loaded else "IDLE"), dicom=False,
@@ -166,6 +167,14 @@ def latency(t, m, big_mb, poll, loaded):
         big = upload_study(o, "LBIG", count, rows=512, cols=512)
         h.wait_for(lambda: big in stable_studies(o), 300, "the big study stable", interval=0.5)
     env = env_for(ws, AUTORTHANC_POLL_INTERVAL=poll, AUTORTHANC_STABLE_AGE=2)
+    if loaded:
+        # the big study's files come over a slow link (big_rate_mb MB/s per file),
+        # so its export lasts the whole measurement; everything else passes
+        proxy = faults.FaultProxy(o.url).start()
+        t.defer(proxy.stop)
+        ids = "|".join(i["ID"] for i in o.get(f"/studies/{big}/instances"))
+        proxy.add(rf"/instances/({ids})/file", "slow", rate=big_rate_mb * 1024 * 1024)
+        env["AUTORTHANC_ORTHANC_URL"] = proxy.url
     d = t.daemon(["run"], env=env, cwd=ws.root)
     if loaded:
         h.wait_for(lambda: os.path.isdir(ws.path("keep")) and any(
@@ -298,6 +307,7 @@ def main():
     ap.add_argument("--poll-interval", type=float, default=1.0)
     ap.add_argument("--plan-sizes", default=None, help="instances per fixture, e.g. 20000,100000")
     ap.add_argument("--big-study", type=int, default=None, help="instances of the stored study")
+    ap.add_argument("--parts", default="plan,big,backlog,latency")
     a = ap.parse_args()
     os.environ["AR_BINARY"] = os.path.abspath(a.binary)
     n = a.backlog or (30 if a.quick else 1000)
@@ -307,9 +317,15 @@ def main():
     bign = a.big_study or (300 if a.quick else 20000)
     t = h.TestContext("pipebench")
     try:
-        plans(t, os.path.abspath(a.binary), sizes)
-        big_export(t, os.path.abspath(a.binary), bign, a.connections)
-        backlog(t, a.binary, n, a.connections)
+        parts = a.parts.split(",")
+        if "plan" in parts:
+            plans(t, os.path.abspath(a.binary), sizes)
+        if "big" in parts:
+            big_export(t, os.path.abspath(a.binary), bign, a.connections)
+        if "backlog" in parts:
+            backlog(t, a.binary, n, a.connections)
+        if "latency" not in parts:
+            return 0
         idle, _ = latency(t, m, big, a.poll_interval, loaded=False)
         load, overlapped = latency(t, m, big, a.poll_interval, loaded=True)
         print(f"\nlatency: {m} small studies, StableStudy in Orthanc's log -> export folder, "

@@ -150,6 +150,7 @@ static const char *series_id_of(lua_State *L, int fx, const char *key)
 
 typedef struct case_run {
     const char *dir;     /* the case folder */
+    ar_study *study;     /* the fixture's snapshot in the case's engine */
     char msg[MSG];       /* why it failed */
 } case_run;
 
@@ -189,7 +190,8 @@ static int check_plan(case_run *c, ar_engine *e, lua_State *L, int ex, const ar_
     if (!m)
         return fail_case(c, "expected a match to plan %s", folder ? folder : "");
     memset(&plan, 0, sizeof plan);
-    if (ar_engine_plan(e, m->rule, m->series_id[0] ? m->series_id : NULL, &plan, err, sizeof err))
+    if (ar_engine_plan(e, c->study, m->rule, m->series_id[0] ? m->series_id : NULL, &plan, err,
+                       sizeof err))
         return fail_case(c, "plan failed: %s", err);
     if (folder && strcmp(plan.folder, folder) != 0)
         rc = fail_case(c, "folder is '%s', expected '%s'", plan.folder, folder);
@@ -225,7 +227,7 @@ static int check_error(case_run *c, ar_engine *e, const char *want, const ar_ver
         if (!v[i].matched)
             continue;
         memset(&plan, 0, sizeof plan);
-        if (ar_engine_plan(e, v[i].rule, v[i].series_id[0] ? v[i].series_id : NULL, &plan, err,
+        if (ar_engine_plan(e, c->study, v[i].rule, v[i].series_id[0] ? v[i].series_id : NULL, &plan, err,
                            sizeof err) == 0) {
             ar_plan_free(&plan);
             continue;
@@ -296,7 +298,8 @@ static int check_source(case_run *c, ar_engine *e, lua_State *L, int ex)
 /* ---- the emitted Lua is a rule of its own --------------------------------- */
 
 /* folder and first file of the plan of verdict m ("" when m is NULL). */
-static int plan_summary(ar_engine *e, const ar_verdict *m, char *out, size_t outlen)
+static int plan_summary(ar_engine *e, const ar_study *st, const ar_verdict *m, char *out,
+                        size_t outlen)
 {
     ar_plan plan;
     char err[MSG];
@@ -305,7 +308,8 @@ static int plan_summary(ar_engine *e, const ar_verdict *m, char *out, size_t out
     if (!m)
         return 0;
     memset(&plan, 0, sizeof plan);
-    if (ar_engine_plan(e, m->rule, m->series_id[0] ? m->series_id : NULL, &plan, err, sizeof err)) {
+    if (ar_engine_plan(e, st, m->rule, m->series_id[0] ? m->series_id : NULL, &plan, err,
+                       sizeof err)) {
         snprintf(out, outlen, "plan error: %.1000s", err);
         return 0;
     }
@@ -324,6 +328,7 @@ static int check_emitted(case_run *c, ar_engine *e, const char *fixture, size_t 
     const char *files[1];
     char *src = NULL;
     ar_engine *e2 = NULL;
+    ar_study *st2 = NULL;
     ar_verdict *v2 = NULL;
     size_t n2 = 0, i;
     FILE *f;
@@ -357,8 +362,8 @@ static int check_emitted(case_run *c, ar_engine *e, const char *fixture, size_t 
         fail_case(c, "the emitted Lua does not load as a Lua rule: %s", ar_engine_rule(e2, 0)->error);
         goto out;
     }
-    if (ar_engine_set_study_fixture(e2, fixture, fixture_len, err, sizeof err) ||
-        ar_engine_evaluate(e2, NULL, 1, &v2, &n2, err, sizeof err)) {
+    if (ar_engine_set_study_fixture(e2, fixture, fixture_len, &st2, err, sizeof err) ||
+        ar_engine_evaluate(e2, st2, NULL, 1, &v2, &n2, err, sizeof err)) {
         fail_case(c, "emitted Lua: %s", err);
         goto out;
     }
@@ -373,8 +378,8 @@ static int check_emitted(case_run *c, ar_engine *e, const char *fixture, size_t 
             goto out;
         }
     }
-    plan_summary(e, first_matched(v, nv), a, sizeof a);
-    plan_summary(e2, first_matched(v2, n2), b, sizeof b);
+    plan_summary(e, c->study, first_matched(v, nv), a, sizeof a);
+    plan_summary(e2, st2, first_matched(v2, n2), b, sizeof b);
     if (strcmp(a, b) != 0) {
         fail_case(c, "the emitted Lua plans '%s', the JSON rule '%s'", b, a);
         goto out;
@@ -382,6 +387,7 @@ static int check_emitted(case_run *c, ar_engine *e, const char *fixture, size_t 
     rc = 0;
 out:
     free(v2);
+    ar_study_free(st2);
     ar_engine_free(e2);
     remove(path);
     rmdir(tmpl);
@@ -478,13 +484,13 @@ static int run_case(case_run *c, lua_State *L)
     if (json_decode(L, fixture, fixture_len, c->msg, sizeof c->msg))
         goto out;
     fx = lua_gettop(L);
-    if (ar_engine_set_study_fixture(e, fixture, fixture_len, err, sizeof err)) {
+    if (ar_engine_set_study_fixture(e, fixture, fixture_len, &c->study, err, sizeof err)) {
         fail_case(c, "fixture: %s", err);
         goto out;
     }
 
     /* the verdicts */
-    if (ar_engine_evaluate(e, NULL, 1, &v, &nv, err, sizeof err)) {
+    if (ar_engine_evaluate(e, c->study, NULL, 1, &v, &nv, err, sizeof err)) {
         fail_case(c, "evaluate: %s", err);
         goto out;
     }
@@ -525,6 +531,8 @@ static int run_case(case_run *c, lua_State *L)
     rc = 0;
 out:
     free(v);
+    ar_study_free(c->study);
+    c->study = NULL;
     ar_engine_free(e);
     free(fixture);
     free(text);
@@ -598,6 +606,7 @@ int ar_cases_run_dir(const char *root, const char *filter, ar_case_report_fn rep
         char dirpath[8192];
         snprintf(dirpath, sizeof dirpath, "%s/%s", root, names[i]);
         c.dir = dirpath;
+        c.study = NULL;
         c.msg[0] = '\0';
         int ok = run_case(&c, L) == 0;
         if (ok)

@@ -262,7 +262,6 @@ void ar_engine_free(ar_engine *e)
         return;
     if (e->L)
         lua_close(e->L);
-    ar_study_forget(e);
     free(e->rules);
     ar_ruleset_free(e->loaded);
     free(e->lua_dir);

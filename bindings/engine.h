@@ -11,8 +11,8 @@
  * stop).  A failing rule yields an error for that rule only.
  *
  * Data walks forward: Orthanc's answers about a study (fetched by core/;
- * transport answers such as /changes are decoded there too) -> the current
- * study snapshot (held inside the engine); snapshot + rules ->
+ * transport answers such as /changes are decoded there too) -> a study
+ * snapshot (an ar_study value the caller holds); snapshot + rules ->
  * ar_verdict[]; verdict -> ar_plan (sanitised folder + files) for core/export.
  * No function here does HTTP; the caller fetches and hands over bodies.
  */
@@ -93,20 +93,34 @@ int ar_engine_rule_source(ar_engine *e, size_t i, char **out, char *err, size_t 
 
 /* ---- the study snapshot ------------------------------------------------ */
 
-/* Make the current study snapshot from the three answers
- * /studies/<id>, /studies/<id>/series, /studies/<id>/instances. */
+/* A study snapshot is a value: a handle to the read-only study object the
+ * engine built, with its id and series ids on the C side.  evaluate, plan
+ * and on_exported take it explicitly; a job carries its own until it ends
+ * (there is no "current study").  It belongs to the engine that made it
+ * (one thread) and must be freed before that engine. */
+typedef struct ar_study ar_study;
+
+/* A snapshot from the three answers /studies/<id>, /studies/<id>/series,
+ * /studies/<id>/instances.  *out is NULL on failure. */
 int ar_engine_set_study(ar_engine *e, const char *study, size_t study_len,
                         const char *series, size_t series_len,
                         const char *instances, size_t instances_len,
-                        char *err, size_t errlen);
+                        ar_study **out, char *err, size_t errlen);
 
 /* Same from a fixture file's content: {"study": <answer>, "series": [...],
  * "instances": [...]} (the shapes of the three answers above). */
-int ar_engine_set_study_fixture(ar_engine *e, const char *json, size_t len,
+int ar_engine_set_study_fixture(ar_engine *e, const char *json, size_t len, ar_study **out,
                                 char *err, size_t errlen);
 
-/* Orthanc id of the current study ("" if none). */
-const char *ar_engine_study_id(const ar_engine *e);
+/* Drop the snapshot (NULL: nothing); a big one is collected at once. */
+void ar_study_free(ar_study *s);
+
+/* Its Orthanc id, and its series ids in study.series order. */
+const char *ar_study_id(const ar_study *s);
+size_t ar_study_series_count(const ar_study *s);
+const char *ar_study_series_id(const ar_study *s, size_t i);
+/* Is series_id one of its series? */
+int ar_study_has_series(const ar_study *s, const char *series_id);
 
 /* ---- decisions ---------------------------------------------------------- */
 
@@ -118,15 +132,15 @@ typedef struct ar_verdict {
     char reason[1024];       /* why it did not match / the error */
 } ar_verdict;
 
-/* Evaluate every ok+active rule against the current study: one verdict per
+/* Evaluate every ok+active rule against study s: one verdict per
  * study rule, one per (series rule, series).  only_series: if not NULL,
  * series rules are evaluated for that series only and study rules are
  * skipped (a StableSeries change); if NULL, series rules are skipped (a
  * StableStudy change) unless all_levels is set.  *out malloc'ed. */
-int ar_engine_evaluate(ar_engine *e, const char *only_series, int all_levels,
+int ar_engine_evaluate(ar_engine *e, const ar_study *s, const char *only_series, int all_levels,
                        ar_verdict **out, size_t *n, char *err, size_t errlen);
 
-/* The export plan of a matched (rule, series_id) on the current study:
+/* The export plan of a matched (rule, series_id) on study s:
  * folder = "<rule>/<name...>" (every component sanitised), files with
  * sanitised relative paths, expected sizes and instance ids. */
 typedef struct ar_plan {
@@ -137,26 +151,22 @@ typedef struct ar_plan {
     void *owned_;              /* internal storage of the strings */
 } ar_plan;
 
-int ar_engine_plan(ar_engine *e, size_t rule, const char *series_id, ar_plan *out,
-                   char *err, size_t errlen);
+int ar_engine_plan(ar_engine *e, const ar_study *s, size_t rule, const char *series_id,
+                   ar_plan *out, char *err, size_t errlen);
 void ar_plan_free(ar_plan *p);
 
 /* Call the rule's on_exported(study, path) hook if it has one. */
-int ar_engine_on_exported(ar_engine *e, size_t rule, const char *series_id,
+int ar_engine_on_exported(ar_engine *e, const ar_study *s, size_t rule, const char *series_id,
                           const char *path, char *err, size_t errlen);
 
 /* ---- tools: test, backtest, fire, REPL ------------------------------------- */
 
-/* Evaluate one loaded, usable rule against the current study whether it is
- * active or not (a dry run of a rule not yet switched on): series_id is the
- * series a series rule decides, NULL for a study rule.  Fills *out like
+/* Evaluate one loaded, usable rule against study s whether it is active or
+ * not (a dry run of a rule not yet switched on): series_id is the series a
+ * series rule decides, NULL for a study rule.  Fills *out like
  * ar_engine_evaluate; a rule error is a verdict with error=1, not a failure. */
-int ar_engine_evaluate_one(ar_engine *e, size_t rule, const char *series_id, ar_verdict *out,
-                           char *err, size_t errlen);
-
-/* The current study's series ids, in study.series order. */
-size_t ar_engine_series_count(const ar_engine *e);
-const char *ar_engine_series_id(const ar_engine *e, size_t i);
+int ar_engine_evaluate_one(ar_engine *e, const ar_study *s, size_t rule, const char *series_id,
+                           ar_verdict *out, char *err, size_t errlen);
 
 /* A flag a signal handler sets (SIGINT in the REPL): the budget's count hook
  * checks it, so the running call stops like one over budget ("interrupted")

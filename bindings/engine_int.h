@@ -79,9 +79,6 @@ struct ar_engine {
     int eval_ref;             /* registry ref of host.evaluate (hot path) */
     ar_rule_info *rules;
     size_t nrules;
-    char study_id[128];
-    char **series_ids;        /* current study's series, in study.series order */
-    size_t nseries;
     long current_rule;        /* rule being called (for print), -1 = none */
     char *lua_dir;            /* overlay folder for the rules/ modules, or NULL */
     ar_ruleset *loaded;       /* the texts of the rules loaded now */
@@ -118,8 +115,8 @@ void ar_sandbox_register(lua_State *L, int t);
  * table at index t (M.c). */
 void ar_lpattern_register(lua_State *L, int t);
 
-/* study.c: forget the current study on the C side. */
-void ar_study_forget(ar_engine *e);
+/* study.c: the host's handle of snapshot s (Lua integer), for door calls. */
+long long ar_study_handle(const ar_study *s);
 
 /* lua_orthanc.c: push the REPL's Orthanc table {find, lookup, study} over h
  * (never given to rules). */

@@ -1,4 +1,4 @@
-/* evaluate.c - calling rules against the current study: match, on_exported.
+/* evaluate.c - calling rules against a study snapshot: match, on_exported.
  *
  * Each (rule, series) decision is its own budgeted door call to
  * host.evaluate, so one rule's error, runaway loop or memory bomb becomes
@@ -69,6 +69,7 @@ int ar_rule_call(ar_engine *e, size_t rule, lua_CFunction fn, void *ctx, char *e
 
 typedef struct eval_ctx {
     lua_Integer index;
+    lua_Integer study;
     const char *series;
     int matched;
     char reason[1024];
@@ -81,11 +82,12 @@ static int eval_door(lua_State *L)
 
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->eval_ref);
     lua_pushinteger(L, c->index);
+    lua_pushinteger(L, c->study);
     if (c->series)
         lua_pushstring(L, c->series);
     else
         lua_pushnil(L);
-    lua_call(L, 2, 2); /* stack: ctx, matched, reason */
+    lua_call(L, 3, 2); /* stack: ctx, matched, reason */
     c->matched = lua_toboolean(L, 2);
     if (lua_type(L, 3) == LUA_TSTRING) {
         size_t len;
@@ -95,13 +97,15 @@ static int eval_door(lua_State *L)
     return 0;
 }
 
-static void eval_one(ar_engine *e, size_t rule, const char *series, ar_verdict *v)
+static void eval_one(ar_engine *e, const ar_study *st, size_t rule, const char *series,
+                     ar_verdict *v)
 {
     eval_ctx c;
     char msg[1024];
     int rc;
 
     c.index = (lua_Integer)rule;
+    c.study = (lua_Integer)ar_study_handle(st);
     c.series = series;
     c.matched = 0;
     c.reason[0] = '\0';
@@ -119,25 +123,20 @@ static void eval_one(ar_engine *e, size_t rule, const char *series, ar_verdict *
     memcpy(v->reason, c.reason, sizeof v->reason);
 }
 
-int ar_engine_evaluate(ar_engine *e, const char *only_series, int all_levels,
+int ar_engine_evaluate(ar_engine *e, const ar_study *st, const char *only_series, int all_levels,
                        ar_verdict **out, size_t *n, char *err, size_t errlen)
 {
     ar_verdict *v = NULL;
-    size_t i, s, count = 0, k = 0;
+    size_t i, s, count = 0, k = 0, ns = ar_study_series_count(st);
     int pass;
 
     *out = NULL;
     *n = 0;
-    if (!e->study_id[0])
-        return ar_seterr(err, errlen, AR_ERR, "no current study");
-    if (only_series) {
-        for (s = 0; s < e->nseries; s++)
-            if (strcmp(e->series_ids[s], only_series) == 0)
-                break;
-        if (s == e->nseries)
-            return ar_seterr(err, errlen, AR_ENOTFOUND, "series %s is not part of study %s",
-                             only_series, e->study_id);
-    }
+    if (!st)
+        return ar_seterr(err, errlen, AR_ERR, "no study snapshot");
+    if (only_series && !ar_study_has_series(st, only_series))
+        return ar_seterr(err, errlen, AR_ENOTFOUND, "series %s is not part of study %s",
+                         only_series, ar_study_id(st));
     /* Pass 0 counts, pass 1 evaluates. */
     for (pass = 0; pass < 2; pass++) {
         for (i = 0; i < e->nrules; i++) {
@@ -148,18 +147,18 @@ int ar_engine_evaluate(ar_engine *e, const char *only_series, int all_levels,
                 if (only_series)
                     continue;
                 if (pass)
-                    eval_one(e, i, NULL, &v[k++]);
+                    eval_one(e, st, i, NULL, &v[k++]);
                 else
                     count++;
             } else if (only_series) {
                 if (pass)
-                    eval_one(e, i, only_series, &v[k++]);
+                    eval_one(e, st, i, only_series, &v[k++]);
                 else
                     count++;
             } else if (all_levels) {
-                for (s = 0; s < e->nseries; s++) {
+                for (s = 0; s < ns; s++) {
                     if (pass)
-                        eval_one(e, i, e->series_ids[s], &v[k++]);
+                        eval_one(e, st, i, ar_study_series_id(st, s), &v[k++]);
                     else
                         count++;
                 }
@@ -180,6 +179,7 @@ int ar_engine_evaluate(ar_engine *e, const char *only_series, int all_levels,
 
 typedef struct hook_ctx {
     lua_Integer index;
+    lua_Integer study;
     const char *series;
     const char *path;
 } hook_ctx;
@@ -190,66 +190,56 @@ static int exported_door(lua_State *L)
 
     ar_push_host(L, "on_exported");
     lua_pushinteger(L, c->index);
+    lua_pushinteger(L, c->study);
     if (c->series && c->series[0])
         lua_pushstring(L, c->series);
     else
         lua_pushnil(L);
     lua_pushstring(L, c->path ? c->path : "");
-    lua_call(L, 3, 0);
+    lua_call(L, 4, 0);
     return 0;
 }
 
-int ar_engine_on_exported(ar_engine *e, size_t rule, const char *series_id,
+int ar_engine_on_exported(ar_engine *e, const ar_study *st, size_t rule, const char *series_id,
                           const char *path, char *err, size_t errlen)
 {
-    hook_ctx c = {(lua_Integer)rule, series_id, path};
+    hook_ctx c;
     char msg[1024];
     int rc;
 
     if (rule >= e->nrules || !e->rules[rule].ok)
         return ar_seterr(err, errlen, AR_ERR, "no loaded rule #%zu", rule);
-    if (!e->study_id[0])
-        return ar_seterr(err, errlen, AR_ERR, "no current study");
+    if (!st)
+        return ar_seterr(err, errlen, AR_ERR, "no study snapshot");
+    c.index = (lua_Integer)rule;
+    c.study = (lua_Integer)ar_study_handle(st);
+    c.series = series_id;
+    c.path = path;
     rc = ar_rule_call(e, rule, exported_door, &c, msg, sizeof msg);
     if (rc)
         return ar_seterr(err, errlen, AR_ERULE, "rule %s: on_exported: %s", e->rules[rule].name, msg);
     return AR_OK;
 }
 
-int ar_engine_evaluate_one(ar_engine *e, size_t rule, const char *series_id, ar_verdict *out,
-                           char *err, size_t errlen)
+int ar_engine_evaluate_one(ar_engine *e, const ar_study *st, size_t rule, const char *series_id,
+                           ar_verdict *out, char *err, size_t errlen)
 {
-    size_t s;
-
     if (rule >= e->nrules || !e->rules[rule].ok)
         return ar_seterr(err, errlen, AR_ERR, "no usable rule #%zu", rule);
-    if (!e->study_id[0])
-        return ar_seterr(err, errlen, AR_ERR, "no current study");
+    if (!st)
+        return ar_seterr(err, errlen, AR_ERR, "no study snapshot");
     if (strcmp(e->rules[rule].check_on, "series") == 0) {
         if (!series_id)
             return ar_seterr(err, errlen, AR_ERR, "rule %s decides series: name one",
                              e->rules[rule].name);
-        for (s = 0; s < e->nseries; s++)
-            if (strcmp(e->series_ids[s], series_id) == 0)
-                break;
-        if (s == e->nseries)
+        if (!ar_study_has_series(st, series_id))
             return ar_seterr(err, errlen, AR_ENOTFOUND, "series %s is not part of study %s",
-                             series_id, e->study_id);
+                             series_id, ar_study_id(st));
     } else {
         series_id = NULL;
     }
-    eval_one(e, rule, series_id, out);
+    eval_one(e, st, rule, series_id, out);
     return AR_OK;
-}
-
-size_t ar_engine_series_count(const ar_engine *e)
-{
-    return e->nseries;
-}
-
-const char *ar_engine_series_id(const ar_engine *e, size_t i)
-{
-    return i < e->nseries ? e->series_ids[i] : NULL;
 }
 
 void ar_engine_set_interrupt(ar_engine *e, volatile sig_atomic_t *flag)

@@ -1,4 +1,4 @@
-/* plan.c - the export plan of a matched (rule, series) on the current study.
+/* plan.c - the export plan of a matched (rule, series) on a study snapshot.
  *
  * rules/layout.lua (through host.plan, a budgeted call: it runs the rule's
  * name/series_name/file_name hooks) returns raw path components; every one
@@ -38,6 +38,7 @@ typedef struct dbuf {
 typedef struct plan_ctx {
     size_t rule;
     const char *series;
+    lua_Integer study;
     ar_plan *plan;
     strvec *owned;
     char **series_dirs;   /* sanitised series folders, index = Lua index - 1 */
@@ -138,11 +139,12 @@ static int plan_door(lua_State *L)
 
     ar_push_host(L, "plan");
     lua_pushinteger(L, (lua_Integer)c->rule);
+    lua_pushinteger(L, c->study);
     if (c->series && c->series[0])
         lua_pushstring(L, c->series);
     else
         lua_pushnil(L);
-    lua_call(L, 2, 1); /* stack: ctx, plan table */
+    lua_call(L, 3, 1); /* stack: ctx, plan table */
     luaL_checktype(L, 2, LUA_TTABLE);
 
     /* folder */
@@ -371,8 +373,8 @@ out:
 
 /* ---- public -------------------------------------------------------------- */
 
-int ar_engine_plan(ar_engine *e, size_t rule, const char *series_id, ar_plan *out,
-                   char *err, size_t errlen)
+int ar_engine_plan(ar_engine *e, const ar_study *st, size_t rule, const char *series_id,
+                   ar_plan *out, char *err, size_t errlen)
 {
     plan_ctx c;
     char msg[1024];
@@ -383,14 +385,15 @@ int ar_engine_plan(ar_engine *e, size_t rule, const char *series_id, ar_plan *ou
     memset(&c, 0, sizeof c);
     if (rule >= e->nrules || !e->rules[rule].ok)
         return ar_seterr(err, errlen, AR_ERR, "no loaded rule #%zu", rule);
-    if (!e->study_id[0])
-        return ar_seterr(err, errlen, AR_ERR, "no current study");
+    if (!st)
+        return ar_seterr(err, errlen, AR_ERR, "no study snapshot");
     c.owned = calloc(1, sizeof *c.owned);
     if (!c.owned)
         return ar_seterr(err, errlen, AR_ENOMEM, "out of memory");
     out->owned_ = c.owned;
     c.rule = rule;
     c.series = series_id;
+    c.study = (lua_Integer)ar_study_handle(st);
     c.plan = out;
 
     rc = ar_rule_call(e, rule, plan_door, &c, msg, sizeof msg);

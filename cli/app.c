@@ -104,32 +104,19 @@ void ar_app_maybe_reload_rules(ar_app *a, int force)
         ar_app_load_rules(a);
 }
 
-int ar_app_load_study(ar_app *a, const char *study_id, char *err, size_t errlen)
+int ar_app_load_study(ar_app *a, const char *study_id, ar_study **out, char *err,
+                      size_t errlen)
 {
     ar_study_answers ans;
     int rc;
-    if (a->fresh_study[0] && strcmp(a->fresh_study, study_id) == 0 &&
-        strcmp(ar_engine_study_id(a->engine), study_id) == 0)
-        return AR_OK;
+    *out = NULL;
     if ((rc = ar_orthanc_fetch_study(a->http, study_id, &ans, err, errlen)))
         return rc;
     rc = ar_engine_set_study(a->engine, ans.study.data, ans.study.len, ans.series.data,
-                             ans.series.len, ans.instances.data, ans.instances.len, err, errlen);
+                             ans.series.len, ans.instances.data, ans.instances.len, out, err,
+                             errlen);
     ar_study_answers_free(&ans);
-    if (rc == AR_OK)
-        snprintf(a->fresh_study, sizeof a->fresh_study, "%s", study_id);
     return rc;
-}
-
-int ar_app_holds_series(const ar_app *a, const char *series_id)
-{
-    if (!a->fresh_study[0] || strcmp(ar_engine_study_id(a->engine), a->fresh_study) != 0)
-        return 0;
-    size_t n = ar_engine_series_count(a->engine);
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(ar_engine_series_id(a->engine, i), series_id) == 0)
-            return 1;
-    return 0;
 }
 
 long ar_app_find_rule(ar_app *a, const char *name)

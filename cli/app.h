@@ -29,8 +29,6 @@ typedef struct ar_app {
     int decisions_failed;        /* stable events that could not be decided (logged) */
     uint64_t jobs_recorded;      /* jobs the watcher put in the ledger (wakes the workers) */
     int64_t orthanc_last;        /* Orthanc's last change seen by the loop, -1 unknown */
-    char fresh_study[128];       /* study whose snapshot the engine holds, fetched in
-                                  * this cycle ("" = none): decisions and jobs reuse it */
     /* optional progress of a download job (`fire` draws a bar with it) */
     void (*progress)(void *ud, size_t files_done, size_t files_total, long long bytes_done);
     void *progress_ud;
@@ -52,12 +50,10 @@ void ar_app_maybe_reload_rules(ar_app *a, int force);
 int ar_app_reload_config(ar_app *a);
 void ar_app_close(ar_app *a);
 
-/* Make study_id the engine's current snapshot: Orthanc's three answers
- * about it, unless the engine already holds it from this cycle
- * (fresh_study; the watch loop clears that at the start of each cycle). */
-int ar_app_load_study(ar_app *a, const char *study_id, char *err, size_t errlen);
-/* Is series_id a series of the fresh snapshot the engine holds? */
-int ar_app_holds_series(const ar_app *a, const char *series_id);
+/* A snapshot of study_id in the app's engine, from Orthanc's three answers
+ * (the caller frees it with ar_study_free). */
+int ar_app_load_study(ar_app *a, const char *study_id, ar_study **out, char *err,
+                      size_t errlen);
 
 /* Index of the loaded, usable rule with this name, or -1. */
 long ar_app_find_rule(ar_app *a, const char *name);

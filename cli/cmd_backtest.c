@@ -160,9 +160,10 @@ int ar_cmd_backtest(int argc, char **argv)
     ar_progress_start(&prog, "backtest");
     for (size_t s = 0; s < nstudies; s++) {
         ar_verdict *v = NULL;
+        ar_study *st = NULL;
         size_t nv = 0;
         ar_progress_draw(&prog, s, nstudies, -1, -1, s == 0);
-        rc = ar_app_load_study(&a, studies[s], err, sizeof err);
+        rc = ar_app_load_study(&a, studies[s], &st, err, sizeof err);
         if (rc == AR_ENOTFOUND) { /* deleted meanwhile */
             skipped++;
             continue;
@@ -172,7 +173,8 @@ int ar_cmd_backtest(int argc, char **argv)
             fprintf(stderr, "autorthanc backtest: study %s: %s\n", studies[s], err);
             goto out;
         }
-        if (ar_engine_evaluate(a.engine, NULL, 1, &v, &nv, err, sizeof err)) {
+        if (ar_engine_evaluate(a.engine, st, NULL, 1, &v, &nv, err, sizeof err)) {
+            ar_study_free(st);
             ar_progress_end(&prog);
             fprintf(stderr, "autorthanc backtest: study %s: %s\n", studies[s], err);
             goto out;
@@ -194,7 +196,7 @@ int ar_cmd_backtest(int argc, char **argv)
                 continue;
             const char *series = v[i].series_id[0] ? v[i].series_id : NULL;
             ar_target tg;
-            if (ar_tool_target(&a, v[i].rule, series, &tg, err, sizeof err)) {
+            if (ar_tool_target(&a, st, v[i].rule, series, &tg, err, sizeof err)) {
                 if (!t->errors++)
                     snprintf(t->first_error, sizeof t->first_error, "%s: %s", studies[s], err);
                 continue;
@@ -214,10 +216,12 @@ int ar_cmd_backtest(int argc, char **argv)
                 ar_progress_end(&prog);
                 fprintf(stderr, "autorthanc backtest: out of memory\n");
                 free(v);
+                ar_study_free(st);
                 goto out;
             }
         }
         free(v);
+        ar_study_free(st);
     }
     ar_progress_draw(&prog, nstudies, nstudies, -1, -1, 1);
     ar_progress_end(&prog);

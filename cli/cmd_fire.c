@@ -76,6 +76,7 @@ int ar_cmd_fire(int argc, char **argv)
     int code = AR_EXIT_USAGE;
     char err[2048] = "", study_id[128];
     ar_verdict *v = NULL;
+    ar_study *st = NULL;
     ar_job *jobs = NULL, *listed = NULL;
     size_t nv = 0, njobs = 0, nlisted = 0, *idx = NULL, nidx = 0;
     ar_app a;
@@ -121,30 +122,29 @@ int ar_cmd_fire(int argc, char **argv)
         goto out;
     }
     code = AR_EXIT_FAIL;
-    /* the jobs below reuse this snapshot (ar_app_load_study) */
     if (ar_tool_resolve_study(&a, ref, study_id, sizeof study_id, err, sizeof err) ||
-        ar_app_load_study(&a, study_id, err, sizeof err)) {
+        ar_app_load_study(&a, study_id, &st, err, sizeof err)) {
         fprintf(stderr, "autorthanc fire: %s\n", err);
         goto out;
     }
 
     /* decide */
     if (rule_name) {
-        size_t ns = ar_engine_series_count(a.engine);
+        size_t ns = ar_study_series_count(st);
         int series = strcmp(ar_engine_rule(a.engine, idx[0])->check_on, "series") == 0;
         v = calloc(ns + 1, sizeof *v);
         if (!v)
             goto out;
         for (size_t i = 0; i < (series ? ns : 1); i++) {
-            if (ar_engine_evaluate_one(a.engine, idx[0],
-                                       series ? ar_engine_series_id(a.engine, i) : NULL, &v[nv],
-                                       err, sizeof err)) {
+            if (ar_engine_evaluate_one(a.engine, st, idx[0],
+                                       series ? ar_study_series_id(st, i) : NULL, &v[nv], err,
+                                       sizeof err)) {
                 fprintf(stderr, "autorthanc fire: %s\n", err);
                 goto out;
             }
             nv++;
         }
-    } else if (ar_engine_evaluate(a.engine, NULL, 1, &v, &nv, err, sizeof err)) {
+    } else if (ar_engine_evaluate(a.engine, st, NULL, 1, &v, &nv, err, sizeof err)) {
         fprintf(stderr, "autorthanc fire: %s\n", err);
         goto out;
     }
@@ -206,7 +206,7 @@ int ar_cmd_fire(int argc, char **argv)
         ar_target tg;
         long rule = ar_app_find_rule(&a, j->rule);
         fp.total_bytes = -1;
-        if (rule >= 0 && ar_tool_target(&a, (size_t)rule,
+        if (rule >= 0 && ar_tool_target(&a, st, (size_t)rule,
                                         strcmp(j->level, "series") == 0 ? j->resource_id : NULL,
                                         &tg, err, sizeof err) == 0)
             fp.total_bytes = tg.bytes;
@@ -243,6 +243,7 @@ int ar_cmd_fire(int argc, char **argv)
     }
     code = failed ? AR_EXIT_FAIL : AR_EXIT_OK;
 out:
+    ar_study_free(st);
     free(listed);
     free(jobs);
     free(v);

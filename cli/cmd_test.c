@@ -97,12 +97,12 @@ static void series_label(const char *body, size_t len, const char *prefix, const
     free(ids);
 }
 
-static void print_target(ar_app *a, size_t rule, const char *series, const char *indent,
-                         int matched)
+static void print_target(ar_app *a, const ar_study *st, size_t rule, const char *series,
+                         const char *indent, int matched)
 {
     ar_target t;
     char err[1024] = "", hb[32];
-    if (ar_tool_target(a, rule, series, &t, err, sizeof err)) {
+    if (ar_tool_target(a, st, rule, series, &t, err, sizeof err)) {
         printf("%spath: (cannot plan: %s)\n", indent, err);
         return;
     }
@@ -125,15 +125,15 @@ static void print_target(ar_app *a, size_t rule, const char *series, const char 
 }
 
 /* One study: returns 1 matched, 0 not matched, -1 error. */
-static int decide(ar_app *a, size_t rule, const char *label, const char *series_body,
-                  size_t series_len, const char *series_prefix)
+static int decide(ar_app *a, const ar_study *st, size_t rule, const char *label,
+                  const char *series_body, size_t series_len, const char *series_prefix)
 {
     const ar_rule_info *r = ar_engine_rule(a->engine, rule);
     char err[1024] = "";
     ar_verdict v;
 
     if (strcmp(r->check_on, "series") != 0) {
-        if (ar_engine_evaluate_one(a->engine, rule, NULL, &v, err, sizeof err)) {
+        if (ar_engine_evaluate_one(a->engine, st, rule, NULL, &v, err, sizeof err)) {
             printf("%s: error: %s\n", label, err);
             return -1;
         }
@@ -144,17 +144,17 @@ static int decide(ar_app *a, size_t rule, const char *label, const char *series_
         printf("%s: %s\n", label, v.matched ? "match" : "no match");
         if (v.reason[0])
             printf("  reason: %s\n", v.reason);
-        print_target(a, rule, NULL, "  ", v.matched);
+        print_target(a, st, rule, NULL, "  ", v.matched);
         return v.matched;
     }
-    size_t n = ar_engine_series_count(a->engine), hits = 0, errors = 0;
+    size_t n = ar_study_series_count(st), hits = 0, errors = 0;
     ar_verdict *vs = calloc(n ? n : 1, sizeof *vs);
     if (!vs) {
         printf("%s: error: out of memory\n", label);
         return -1;
     }
     for (size_t i = 0; i < n; i++) {
-        if (ar_engine_evaluate_one(a->engine, rule, ar_engine_series_id(a->engine, i), &vs[i], err,
+        if (ar_engine_evaluate_one(a->engine, st, rule, ar_study_series_id(st, i), &vs[i], err,
                                    sizeof err)) {
             vs[i].error = 1;
             snprintf(vs[i].reason, sizeof vs[i].reason, "%s", err);
@@ -166,14 +166,14 @@ static int decide(ar_app *a, size_t rule, const char *label, const char *series_
            hits, n);
     for (size_t i = 0; i < n; i++) {
         char sl[512];
-        const char *sid = ar_engine_series_id(a->engine, i);
+        const char *sid = ar_study_series_id(st, i);
         series_label(series_body, series_len, series_prefix, sid, sl, sizeof sl);
         printf("  series %s (%s): %s\n", sl, sid,
                vs[i].error ? "error" : vs[i].matched ? "match" : "no match");
         if (vs[i].reason[0])
             printf("    %s: %s\n", vs[i].error ? "error" : "reason", vs[i].reason);
         if (!vs[i].error)
-            print_target(a, rule, sid, "    ", vs[i].matched);
+            print_target(a, st, rule, sid, "    ", vs[i].matched);
     }
     free(vs);
     return errors ? -1 : hits > 0;
@@ -266,18 +266,19 @@ int ar_cmd_test(int argc, char **argv)
         char *fx = NULL;
         size_t fxlen = 0;
         ar_study_answers ans;
+        ar_study *st = NULL;
         int rc, verdict;
         memset(&ans, 0, sizeof ans);
         if (items[i].fixture) {
             rc = ar_tool_read_file(items[i].ref, &fx, &fxlen, err, sizeof err);
             if (!rc)
-                rc = ar_engine_set_study_fixture(a.engine, fx, fxlen, err, sizeof err);
+                rc = ar_engine_set_study_fixture(a.engine, fx, fxlen, &st, err, sizeof err);
         } else {
             rc = ar_tool_fetch_study(&a, items[i].ref, &ans, err, sizeof err);
             if (!rc)
                 rc = ar_engine_set_study(a.engine, ans.study.data, ans.study.len, ans.series.data,
                                          ans.series.len, ans.instances.data, ans.instances.len,
-                                         err, sizeof err);
+                                         &st, err, sizeof err);
         }
         if (rc) {
             printf("%s: cannot read the study: %s\n", items[i].ref, err);
@@ -293,9 +294,10 @@ int ar_cmd_test(int argc, char **argv)
         snprintf(label, sizeof label, "%s %s (%s)", items[i].fixture ? "fixture" : "study",
                  items[i].ref, dl);
         if (items[i].fixture)
-            verdict = decide(&a, idx[0], label, fx, fxlen, "series.");
+            verdict = decide(&a, st, idx[0], label, fx, fxlen, "series.");
         else
-            verdict = decide(&a, idx[0], label, ans.series.data, ans.series.len, "");
+            verdict = decide(&a, st, idx[0], label, ans.series.data, ans.series.len, "");
+        ar_study_free(st);
         all_match &= verdict == 1;
         none_match &= verdict == 0;
         free(fx);

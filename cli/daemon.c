@@ -136,7 +136,6 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
         }
         ar_workers_set_config(workers, &a->cfg, a->rules_gen, a->engine);
         err[0] = 0;
-        a->fresh_study[0] = 0;
         double polled_at = wall_now();
         rc = ar_watch_changes(a, &outage, err, sizeof err);
         if (rc == AR_ENET || rc == AR_EHTTP || rc == AR_ENOTFOUND) {

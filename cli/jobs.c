@@ -61,9 +61,10 @@ int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size
         return AR_OK;
     }
     const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
-    if ((rc = ar_app_load_study(a, job->study_id, err, errlen)))
+    if ((rc = ar_app_load_study(a, job->study_id, &w->study, err, errlen)))
         goto out;
-    if ((rc = ar_engine_plan(a->engine, (size_t)w->rule, series, &w->plan, err, errlen)))
+    if ((rc = ar_engine_plan(a->engine, w->study, (size_t)w->rule, series, &w->plan, err,
+                             errlen)))
         goto out;
     snprintf(owner, sizeof owner, "%s|%s", job->rule, job->resource_id);
     if ((rc = ar_state_claim_folder(a->state, w->plan.folder, owner, job->resource_id, w->folder,
@@ -123,7 +124,8 @@ int ar_job_finish(ar_app *a, ar_job_work *w, char *err, size_t errlen)
     const char *series = strcmp(job->level, "series") == 0 ? job->resource_id : NULL;
     long rule = ar_app_find_rule(a, job->rule);
     if (rule >= 0 &&
-        ar_engine_on_exported(a->engine, (size_t)rule, series, w->folder, herr, sizeof herr))
+        ar_engine_on_exported(a->engine, w->study, (size_t)rule, series, w->folder, herr,
+                              sizeof herr))
         ar_log(AR_LOG_WARN, "rule.hook_error", &f, "on_exported: %s", herr);
     return AR_OK;
 }
@@ -132,6 +134,8 @@ void ar_job_work_free(ar_job_work *w)
 {
     ar_plan_free(&w->plan);
     memset(&w->plan, 0, sizeof w->plan);
+    ar_study_free(w->study);
+    w->study = NULL;
 }
 
 /* A forward run to its end in this thread (`fire`): submit, then look at

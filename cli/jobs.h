@@ -20,6 +20,7 @@ typedef struct ar_job_work {
     char destination[256];
     char folder[AR_PATH_LEN];
     ar_plan plan;
+    ar_study *study;          /* the job's own snapshot: plan and on_exported read it */
     ar_export_opts eo;
     const char *storage;
     ar_http *http;            /* set by the caller before transfer */

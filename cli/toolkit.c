@@ -186,8 +186,8 @@ int ar_tool_open_state_if_any(ar_app *a, char *err, size_t errlen)
     return ar_state_open(a->cfg.state_dir, &a->state, err, errlen);
 }
 
-int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, char *err,
-                   size_t errlen)
+int ar_tool_target(ar_app *a, const ar_study *st, size_t rule, const char *series_id,
+                   ar_target *t, char *err, size_t errlen)
 {
     ar_plan plan = {0};
     const ar_rule_info *r = ar_engine_rule(a->engine, rule);
@@ -200,7 +200,7 @@ int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, 
         snprintf(t->actual, sizeof t->actual, "%s", t->folder);
         return AR_OK;
     }
-    if ((rc = ar_engine_plan(a->engine, rule, series_id, &plan, err, errlen)))
+    if ((rc = ar_engine_plan(a->engine, st, rule, series_id, &plan, err, errlen)))
         return rc;
     snprintf(t->folder, sizeof t->folder, "%s", plan.folder);
     snprintf(t->actual, sizeof t->actual, "%s", t->folder);
@@ -208,7 +208,7 @@ int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, 
     t->bytes = plan.total_bytes;
     ar_plan_free(&plan);
     if (a->state) {
-        const char *res = series_id ? series_id : ar_engine_study_id(a->engine);
+        const char *res = series_id ? series_id : ar_study_id(st);
         char owner[512];
         snprintf(owner, sizeof owner, "%s|%s", r->name, res);
         rc = ar_state_peek_folder(a->state, t->folder, owner, res, t->actual, sizeof t->actual,

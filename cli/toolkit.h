@@ -48,8 +48,8 @@ typedef struct ar_target {
     long long bytes;       /* -1 unknown */
 } ar_target;
 
-int ar_tool_target(ar_app *a, size_t rule, const char *series_id, ar_target *t, char *err,
-                   size_t errlen);
+int ar_tool_target(ar_app *a, const ar_study *st, size_t rule, const char *series_id,
+                   ar_target *t, char *err, size_t errlen);
 
 /* mkdir -p (mode 0755). */
 int ar_tool_mkdirs(const char *path, char *err, size_t errlen);

@@ -105,15 +105,27 @@ static int rules_at(ar_app *a, const char *level)
     return 0;
 }
 
+/* Make *snap a snapshot of study_id: the one it holds when it is that
+ * study, else a new one (the old one freed). */
+static int snapshot_of(ar_app *a, const char *study_id, ar_study **snap, char *err,
+                       size_t errlen)
+{
+    if (*snap && strcmp(ar_study_id(*snap), study_id) == 0)
+        return AR_OK;
+    ar_study_free(*snap);
+    *snap = NULL;
+    return ar_app_load_study(a, study_id, snap, err, errlen);
+}
+
 /* Decide which rules act on one stable study or series; append jobs.
- * The engine's snapshot is reused for the following stable events of the
- * same study in this cycle (ar_app_load_study), so deciding a study costs
- * the same requests whether it has 1 series or 50.  next_study: the next
- * StableStudy of the same batch, if any: Orthanc logs a study's series
- * stable just before the study, so its snapshot usually names this series
- * and saves the /series/<id> look-up. */
-static int decide(ar_app *a, const ar_change *c, const char *next_study, job_list *jobs,
-                  char *err, size_t errlen)
+ * *snap is the caller's snapshot of this pass (a value it owns and frees):
+ * it is reused for the following stable events of the same study, so
+ * deciding a study costs the same requests whether it has 1 series or 50.
+ * next_study: the next StableStudy of the same batch, if any: Orthanc logs a
+ * study's series stable just before the study, so its snapshot usually names
+ * this series and saves the /series/<id> look-up. */
+static int decide(ar_app *a, const ar_change *c, const char *next_study, ar_study **snap,
+                  job_list *jobs, char *err, size_t errlen)
 {
     int rc = AR_ERR;
     ar_buf sb = {0};
@@ -129,13 +141,13 @@ static int decide(ar_app *a, const ar_change *c, const char *next_study, job_lis
     }
     if (is_series) {
         series_id = c->id;
-        if (!ar_app_holds_series(a, c->id) && next_study && ar_orthanc_valid_id(next_study)) {
-            rc = ar_app_load_study(a, next_study, err, errlen);
+        if (!ar_study_has_series(*snap, c->id) && next_study && ar_orthanc_valid_id(next_study)) {
+            rc = snapshot_of(a, next_study, snap, err, errlen);
             if (rc && rc != AR_ENOTFOUND)
                 goto out;
         }
-        if (ar_app_holds_series(a, c->id)) {
-            snprintf(study_id, sizeof study_id, "%s", a->fresh_study);
+        if (ar_study_has_series(*snap, c->id)) {
+            snprintf(study_id, sizeof study_id, "%s", ar_study_id(*snap));
         } else {
             if ((rc = ar_orthanc_series(a->http, c->id, &sb, err, errlen)))
                 goto out;
@@ -146,9 +158,9 @@ static int decide(ar_app *a, const ar_change *c, const char *next_study, job_lis
     } else {
         snprintf(study_id, sizeof study_id, "%s", c->id);
     }
-    if ((rc = ar_app_load_study(a, study_id, err, errlen)))
+    if ((rc = snapshot_of(a, study_id, snap, err, errlen)))
         goto out;
-    if ((rc = ar_engine_evaluate(a->engine, series_id, 0, &v, &nv, err, errlen)))
+    if ((rc = ar_engine_evaluate(a->engine, *snap, series_id, 0, &v, &nv, err, errlen)))
         goto out;
     for (size_t i = 0; i < nv; i++) {
         const ar_rule_info *ri = ar_engine_rule(a->engine, v[i].rule);
@@ -192,6 +204,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
     ar_buf b = {0};
     ar_change *ch = NULL;
     job_list jobs = {0};
+    ar_study *snap = NULL; /* this pass's snapshot, reused by decide() */
     ar_watch *adds = NULL;
     const char **dels = NULL;
     size_t nadd = 0, ndel = 0;
@@ -271,7 +284,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
                 for (size_t k = i + 1; k < n && !next_study; k++)
                     if (ch[k].kind == AR_CHANGE_STABLE_STUDY)
                         next_study = ch[k].id;
-                int drc = decide(a, c, next_study, &jobs, derr, sizeof derr);
+                int drc = decide(a, c, next_study, &snap, &jobs, derr, sizeof derr);
                 if (drc == AR_ENOTFOUND) {
                     ar_log_fields f = {.study = c->id, .bytes = -1, .seconds = -1};
                     ar_log(AR_LOG_INFO, "study.gone", &f,
@@ -324,6 +337,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
     }
     rc = AR_OK;
 out:
+    ar_study_free(snap);
     free(adds);
     free(dels);
     free(jobs.v);
@@ -368,6 +382,7 @@ void ar_watch_arrivals(ar_app *a, int *outage)
     size_t n = 0, n2 = 0, ncand = 0;
     char (*cand)[128] = NULL;
     job_list jobs = {0};
+    ar_study *snap = NULL; /* this pass's snapshot, reused by decide() */
     int64_t cursor = 0;
     int has = 0;
     double now = wall_now(), margin = stable_margin(a);
@@ -449,9 +464,8 @@ void ar_watch_arrivals(ar_app *a, int *outage)
                "but never logged it (restarted meanwhile?); treating it as stable now",
                w2[i].level, c.id, c.seq, now - w2[i].stable_seen);
         jobs.n = 0;
-        a->fresh_study[0] = 0;
         char derr[1024] = "";
-        int rc = decide(a, &c, NULL, &jobs, derr, sizeof derr);
+        int rc = decide(a, &c, NULL, &snap, &jobs, derr, sizeof derr);
         if (rc == AR_ENET && !ar_orthanc_answers(a->http))
             goto out;
         if (rc && rc != AR_ENOTFOUND && decision_job(a, &c, derr, &jobs, err, sizeof err))
@@ -466,6 +480,7 @@ void ar_watch_arrivals(ar_app *a, int *outage)
         a->jobs_recorded += jobs.n;
     }
 out:
+    ar_study_free(snap);
     free(jobs.v);
     free(cand);
     free(w);
@@ -489,6 +504,7 @@ void ar_watch_decisions(ar_app *a, double horizon)
     ar_job *dj = NULL;
     size_t n = 0;
     job_list jobs = {0};
+    ar_study *snap = NULL; /* this pass's snapshot, reused by decide() */
 
     if (ar_state_claimable(a->state, "decide", horizon, wall_now(), DECISIONS_PER_PASS, &dj, &n,
                            err, sizeof err)) {
@@ -510,8 +526,7 @@ void ar_watch_decisions(ar_app *a, double horizon)
         snprintf(c.resource_type, sizeof c.resource_type, "%s", is_study ? "Study" : "Series");
         snprintf(c.id, sizeof c.id, "%s", d->resource_id);
         jobs.n = 0;
-        a->fresh_study[0] = 0;
-        int rc = decide(a, &c, NULL, &jobs, derr, sizeof derr);
+        int rc = decide(a, &c, NULL, &snap, &jobs, derr, sizeof derr);
         if (rc == AR_OK) {
             if (ar_state_get_cursor(a->state, &cursor, &has, serr, sizeof serr) ||
                 ar_state_record_batch(a->state, jobs.v, jobs.n, NULL, 0, NULL, 0, cursor, serr,
@@ -554,6 +569,7 @@ void ar_watch_decisions(ar_app *a, double horizon)
         }
     }
 out:
+    ar_study_free(snap);
     free(jobs.v);
     free(dj);
 }

@@ -212,7 +212,6 @@ static int prepare_in_turn(worker *w, const ar_job *j, uint64_t ticket, ar_job_w
     while (p->plan_serving != ticket && !stopping(p))
         pthread_cond_wait(&p->cv, &p->mu);
     pthread_mutex_unlock(&p->mu);
-    w->app.fresh_study[0] = 0; /* each job reads its own study */
     rc = ensure_engine(w, err, errlen);
     if (rc == AR_OK)
         rc = ar_job_prepare(&w->app, j, work, err, errlen);
@@ -253,7 +252,6 @@ static void run_download(worker *w, const ar_job *j, uint64_t ticket)
                "job %" PRId64 ": %s; reading the %s again to export what it holds now", j->id,
                err, j->level);
         ar_job_work_free(&work);
-        a->fresh_study[0] = 0;
         if ((rc = ar_job_prepare(a, j, &work, err, sizeof err))) {
             record_outcome(w, j, rc, err);
             break;

@@ -1,7 +1,7 @@
 -- host.lua - the entry points the C side (bindings/*.c) calls.
 --
--- Holds the loaded rules (by C index i, stored at [i+1]) and the current
--- study snapshot.  Every function here is called through the engine's one
+-- Holds the loaded rules (by C index i, stored at [i+1]) and the study
+-- snapshots the C side holds (by handle).  Every function here is called through the engine's one
 -- protected door; the ones that run rule code (load_rule, evaluate, plan,
 -- on_exported) are budgeted per call.  Data errors are raised as plain
 -- messages (error(msg, 0)) naming the answer and field, e.g.
@@ -24,15 +24,10 @@ if cjson.decode_invalid_numbers then cjson.decode_invalid_numbers(false) end
 local host = {}
 
 local rules, sources = {}, {}
-local current = nil -- study snapshot (rules/study.lua)
-
--- Forget the current study; a big one is collected at once, so the state
--- never holds two big studies (memory cap, RSS).
-local function drop_study()
-    local big = current and current.instances_total > 2000
-    current = nil
-    if big then collectgarbage() end
-end
+-- Study snapshots (rules/study.lua) by handle: values the C side holds
+-- (ar_study) and hands back to evaluate, plan and on_exported.  None is
+-- "current"; each lives until C drops it.
+local snapshots, next_handle = {}, 0
 
 local function fail(msg) error(msg, 0) end
 
@@ -138,19 +133,26 @@ local function use_study(st, series, instances)
     for _, id in ipairs(snap.series_ids) do
         if #id > 127 or id:find("\0", 1, true) then fail("series: ID is not a valid id") end
     end
-    current = snap
-    return snap.real.id, snap.series_ids
+    next_handle = next_handle + 1
+    snapshots[next_handle] = snap
+    return snap.real.id, snap.series_ids, next_handle
+end
+
+-- Forget snapshot h; a big one is collected at once, so the state does not
+-- keep a dropped big study around (memory cap, RSS).
+function host.drop_study(h)
+    local snap = snapshots[h]
+    snapshots[h] = nil
+    if snap and snap.instances_total > 2000 then collectgarbage() end
 end
 
 host.set_study = answers(function(study_body, series_body, instances_body)
-    drop_study()
     return use_study(decode(study_body, "/studies/{id}"),
         decode(series_body, "/studies/{id}/series"),
         decode(instances_body, "/studies/{id}/instances"))
 end)
 
 function host.set_study_fixture(body)
-    drop_study()
     local d = decode(body, "fixture", true)
     if type(d) ~= "table" then fail("fixture: expected an object, got " .. typename(d)) end
     local series, instances = d.series, d.instances
@@ -159,18 +161,14 @@ function host.set_study_fixture(body)
     return use_study(d.study, series, instances)
 end
 
--- The current snapshot (nil if none), for tools built on the host.
-function host.current()
-    return current
-end
 
 -- ---- decisions --------------------------------------------------------------
 
-local function target(i, series_id)
+local function target(i, h, series_id)
     local rec = rules[i + 1]
     if not rec then fail("rule #" .. i .. " is not loaded") end
-    local snap = current
-    if not snap then fail("no current study") end
+    local snap = snapshots[h]
+    if not snap then fail("no study snapshot #" .. tostring(h)) end
     local rs
     if series_id ~= nil then
         rs = snap.series_by_id[series_id]
@@ -180,15 +178,15 @@ local function target(i, series_id)
 end
 
 -- matched (boolean), reason (string or nil)
-function host.evaluate(i, series_id)
-    local rec, snap, rs = target(i, series_id)
+function host.evaluate(i, h, series_id)
+    local rec, snap, rs = target(i, h, series_id)
     local m, why = rec.match(snap.view, rs and snap.wrap(rs) or nil)
     if why ~= nil and type(why) ~= "string" then why = tostring(why) end
     return m and true or false, why
 end
 
-function host.plan(i, series_id)
-    local rec, snap, rs = target(i, series_id)
+function host.plan(i, h, series_id)
+    local rec, snap, rs = target(i, h, series_id)
     if rec.check_on == "series" then
         if not rs then fail("a series rule needs a series to plan") end
     else
@@ -197,8 +195,8 @@ function host.plan(i, series_id)
     return M.layout.plan(rec, snap, rs)
 end
 
-function host.on_exported(i, series_id, path)
-    local rec, snap, rs = target(i, series_id)
+function host.on_exported(i, h, series_id, path)
+    local rec, snap, rs = target(i, h, series_id)
     if rec.on_exported then
         rec.on_exported(snap.view, path, rs and snap.wrap(rs) or nil)
     end

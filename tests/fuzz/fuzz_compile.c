@@ -169,18 +169,21 @@ static void exercise(ar_engine *e)
         free(src);
     for (size_t f = 0; f < NFIXTURES; f++) {
         ar_verdict *v = NULL;
+        ar_study *st = NULL;
         size_t nv = 0;
-        if (ar_engine_set_study_fixture(e, g_fixture[f], g_fixture_len[f], err, sizeof err))
+        if (ar_engine_set_study_fixture(e, g_fixture[f], g_fixture_len[f], &st, err, sizeof err))
             die("a fixture did not load");
-        if (ar_engine_evaluate(e, NULL, 1, &v, &nv, err, sizeof err) != AR_OK)
+        if (ar_engine_evaluate(e, st, NULL, 1, &v, &nv, err, sizeof err) != AR_OK) {
+            ar_study_free(st);
             continue;
+        }
         for (size_t i = 0; i < nv; i++) {
             check_string("verdict reason", v[i].reason, sizeof v[i].reason);
             if (!v[i].matched || v[i].error)
                 continue;
             ar_plan plan = {0};
             const char *series = v[i].series_id[0] ? v[i].series_id : NULL;
-            if (ar_engine_plan(e, v[i].rule, series, &plan, err, sizeof err) == AR_OK) {
+            if (ar_engine_plan(e, st, v[i].rule, series, &plan, err, sizeof err) == AR_OK) {
                 check_rel("plan folder", plan.folder);
                 if (strncmp(plan.folder, "x/", 2) != 0)
                     die("the plan folder is not below the rule's folder");
@@ -190,6 +193,7 @@ static void exercise(ar_engine *e)
             ar_plan_free(&plan);
         }
         free(v);
+        ar_study_free(st);
     }
 }
 

@@ -23,6 +23,10 @@
 #include "tap.h"
 #include "testfs.h"
 
+/* The snapshot the test works on (a value these tests keep here; freed
+ * before its engine). */
+static ar_study *g_st;
+
 static char datadir[4096];
 
 static void find_datadir(void)
@@ -72,7 +76,7 @@ static int set_fixture(ar_engine *e, const char *name)
     size_t len;
     char err[1024];
     char *s = data(name, &len);
-    int rc = ar_engine_set_study_fixture(e, s, len, err, sizeof err);
+    int rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, s, len, &g_st, err, sizeof err));
     if (rc)
         printf("# set_study_fixture(%s): %s\n", name, err);
     free(s);
@@ -181,12 +185,12 @@ static void test_study(void)
     CHECK(rc == 0 && ar_engine_rule_count(e) == 1 && ar_engine_rule(e, 0)->ok, "shape rule: %s",
           ar_engine_rule_count(e) ? ar_engine_rule(e, 0)->error : err);
 
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc != 0, "no study yet: evaluate refuses");
 
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture loads");
-    CHECK_STR(ar_engine_study_id(e), "fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927");
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    CHECK_STR(ar_study_id(g_st), "fbaf8b71-249f4739-4be973ff-75b32d02-aeec7927");
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc == 0 && n == 1, "evaluate: %s", err);
     if (n == 1)
         CHECK(v[0].matched && !v[0].error, "study shape from the fixture: %s", v[0].reason);
@@ -196,38 +200,40 @@ static void test_study(void)
     a = data("orthanc_study.json", &l1);
     b = data("orthanc_series.json", &l2);
     c = data("orthanc_instances.json", &l3);
-    rc = ar_engine_set_study(e, a, l1, b, l2, c, l3, err, sizeof err);
+    rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study(e, a, l1, b, l2, c, l3, &g_st, err, sizeof err));
     CHECK(rc == 0, "set_study from real answers: %s", err);
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc == 0 && n == 1 && v[0].matched, "study shape from the answers: %s",
           n ? v[0].reason : err);
     free(v);
 
     /* Wrong shapes: errors, and no current study afterwards. */
-    rc = ar_engine_set_study(e, a, l1, b, l2, c, l3 / 2, err, sizeof err);
+    rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study(e, a, l1, b, l2, c, l3 / 2, &g_st, err, sizeof err));
     CHECK(rc == AR_ENET && has(err, "/studies/{id}/instances: invalid JSON"),
           "a truncated answer is worth retrying: %d %s", rc, err);
-    CHECK_STR(ar_engine_study_id(e), "");
-    rc = ar_engine_set_study(e, b, l2, a, l1, c, l3, err, sizeof err);
+    CHECK_STR(ar_study_id(g_st), "");
+    rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study(e, b, l2, a, l1, c, l3, &g_st, err, sizeof err));
     CHECK(rc == AR_ERR, "answers in the wrong order are refused: %d %s", rc, err);
-    CHECK_STR(ar_engine_study_id(e), "");
-    rc = ar_engine_set_study(e, a, l1, "{}", 2, "[{\"ID\":5}]", 10, err, sizeof err);
+    CHECK_STR(ar_study_id(g_st), "");
+    rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study(e, a, l1, "{}", 2, "[{\"ID\":5}]", 10, &g_st, err, sizeof err));
     CHECK(rc != 0 && has(err, "instances"), "bad instances refused: %s", err);
     {
         const char *s = "{\"ID\":\"x\",\"MainDicomTags\":[1,2]}";
-        rc = ar_engine_set_study(e, s, strlen(s), "[]", 2, "[]", 2, err, sizeof err);
+        rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study(e, s, strlen(s), "[]", 2, "[]", 2, &g_st, err, sizeof err));
     }
     CHECK(rc != 0, "tags as a list refused: %s", err);
     {
         const char *s = "{\"study\":{\"ID\":\"\xff\"},\"series\":{}}";
-        rc = ar_engine_set_study_fixture(e, s, strlen(s), err, sizeof err);
+        rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, s, strlen(s), &g_st, err, sizeof err));
     }
     CHECK(rc == 0, "odd but harmless fixture accepted: %s", err);
-    rc = ar_engine_set_study_fixture(e, "not json", 8, err, sizeof err);
+    rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, "not json", 8, &g_st, err, sizeof err));
     CHECK(rc == AR_ERR && has(err, "invalid JSON"), "fixture not JSON: %s", err);
     free(a);
     free(b);
     free(c);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -270,15 +276,15 @@ static void test_mutations(void)
             }
         }
         err[0] = '\0';
-        rc = ar_engine_set_study_fixture(e, buf, cut, err, sizeof err);
+        rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, buf, cut, &g_st, err, sizeof err));
         if (rc) {
             CHECK(err[0] != '\0', "mutation %d refused with a message", iter);
             continue;
         }
         accepted++;
-        if (ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0)
+        if (ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0)
             free(v);
-        if (ar_engine_plan(e, 0, NULL, &p, err, sizeof err) == 0) {
+        if (ar_engine_plan(e, g_st, 0, NULL, &p, err, sizeof err) == 0) {
             for (k = 0; k < p.n; k++)
                 if (!safe_path(p.files[k].rel_path))
                     CHECK(0, "mutation %d: unsafe path %s", iter, p.files[k].rel_path);
@@ -289,6 +295,8 @@ static void test_mutations(void)
     printf("# %zu of 400 mutated fixtures were still valid studies\n", accepted);
     free(buf);
     free(orig);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -388,7 +396,7 @@ static void test_sandbox(void)
               "base unreachable at load time: %s", t >= 0 ? ar_engine_rule(e, (size_t)t)->error : "?");
     }
 
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc == 0, "evaluate escapes: %s", err);
     for (i = 0; i < sizeof escapes / sizeof escapes[0]; i++) {
         char name[128];
@@ -420,12 +428,14 @@ static void test_sandbox(void)
     free(v);
 
     /* A second evaluation: nothing a rule did above leaked into the shared state. */
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     x = verdict(e, v, n, "esc_string_intact");
     CHECK(x && x->matched, "string library intact after the attacks");
     x = verdict(e, v, n, "esc_study_intact");
     CHECK(x && x->matched, "study intact after the attacks");
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -479,7 +489,7 @@ static void test_runaway(void)
     }
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture");
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     printf("# runaway rules stopped in %.1f ms\n", ms_since(&t0));
     CHECK(rc == 0 && n == 5, "evaluate: rc=%d n=%zu %s", rc, n, err);
     x = verdict(e, v, n, "a_loop");
@@ -498,6 +508,8 @@ static void test_runaway(void)
     CHECK(x && x->matched && !x->error && has(x->reason, "still here"),
           "the other rules still evaluate: %s", x ? x->reason : "?");
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
 
     /* Wall clock: a huge instruction budget, a short deadline. */
@@ -505,7 +517,7 @@ static void test_runaway(void)
     rc = ar_engine_load_rules_dir(e, dir, err, sizeof err);
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture");
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     {
         double ms = ms_since(&t0);
         printf("# deadline runs took %.0f ms\n", ms);
@@ -519,6 +531,8 @@ static void test_runaway(void)
     x = verdict(e, v, n, "z_ok");
     CHECK(x && x->matched, "others still fine after timeouts");
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -564,7 +578,7 @@ static void test_memory(void)
     CHECK(rc == 0, "load: %s", err);
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture");
     before = ar_engine_memory_used(e);
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc == 0 && n == 6, "evaluate: %s", err);
     x = verdict(e, v, n, "near_cap");
     CHECK(x && x->matched && !x->error, "close to the cap but within it: %s", x ? x->reason : "?");
@@ -588,10 +602,12 @@ static void test_memory(void)
     free(v);
     /* The study can still be replaced and evaluated. */
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture after bombs");
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     x = verdict(e, v, n, "fine");
     CHECK(rc == 0 && x && x->matched, "second round fine");
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -708,6 +724,8 @@ static void test_loading(void)
     rc = ar_engine_load_rules_dir(e, "/nonexistent/rules", err, sizeof err);
     CHECK(rc != 0 && has(err, "/nonexistent/rules") && ar_engine_rule_count(e) == 2,
           "unreadable folder: %s", err);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -767,7 +785,7 @@ static void test_hooks(void)
           i >= 0 ? ar_engine_rule(e, (size_t)i)->error : "?");
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture");
 
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     CHECK(rc == 0 && n == 2, "study rules only: n=%zu %s", n, err);
     x = verdict(e, v, n, "exported");
     CHECK(x && x->matched && strcmp(x->reason, "none") == 0, "before on_exported: %s",
@@ -776,28 +794,28 @@ static void test_hooks(void)
           "print goes to the sink with the rule name: '%s' '%s'", pr.rule, pr.line);
     free(v);
     i = rule_index(e, "exported");
-    rc = ar_engine_on_exported(e, (size_t)i, NULL, "/storage/exported/x", err, sizeof err);
+    rc = ar_engine_on_exported(e, g_st, (size_t)i, NULL, "/storage/exported/x", err, sizeof err);
     CHECK(rc == 0, "on_exported: %s", err);
-    rc = ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err);
     x = verdict(e, v, n, "exported");
     CHECK(x && strcmp(x->reason, "/storage/exported/x") == 0, "on_exported ran: %s",
           x ? x->reason : "?");
     free(v);
 
-    rc = ar_engine_evaluate(e, NULL, 1, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, NULL, 1, &v, &n, err, sizeof err);
     CHECK(rc == 0 && n == 4, "all levels: n=%zu", n);
     free(v);
-    rc = ar_engine_evaluate(e, "415dc16e-0d3f8ae5-3e8aabef-33ed2e01-982e00ae", 0, &v, &n, err,
+    rc = ar_engine_evaluate(e, g_st, "415dc16e-0d3f8ae5-3e8aabef-33ed2e01-982e00ae", 0, &v, &n, err,
                             sizeof err);
     CHECK(rc == 0 && n == 1 && v[0].matched &&
               strcmp(v[0].series_id, "415dc16e-0d3f8ae5-3e8aabef-33ed2e01-982e00ae") == 0,
           "one series: n=%zu %s", n, n ? v[0].reason : err);
     free(v);
-    rc = ar_engine_evaluate(e, "nope", 0, &v, &n, err, sizeof err);
+    rc = ar_engine_evaluate(e, g_st, "nope", 0, &v, &n, err, sizeof err);
     CHECK(rc == AR_ENOTFOUND, "unknown series: rc=%d %s", rc, err);
 
     i = rule_index(e, "hooked");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan with hook: %s", err);
     if (rc == 0) {
         CHECK_STR(p.folder, "hooked/ACC_20240131");
@@ -809,7 +827,7 @@ static void test_hooks(void)
         ar_plan_free(&p);
     }
     i = rule_index(e, "series_two");
-    rc = ar_engine_plan(e, (size_t)i, "415dc16e-0d3f8ae5-3e8aabef-33ed2e01-982e00ae", &p, err,
+    rc = ar_engine_plan(e, g_st, (size_t)i, "415dc16e-0d3f8ae5-3e8aabef-33ed2e01-982e00ae", &p, err,
                         sizeof err);
     CHECK(rc == 0, "series plan: %s", err);
     if (rc == 0) {
@@ -822,8 +840,10 @@ static void test_hooks(void)
         CHECK_INT(p.total_bytes, 568);
         ar_plan_free(&p);
     }
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc != 0, "a series rule needs a series: %s", err);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -860,7 +880,7 @@ static void test_plans(void)
     /* Original layout on a real study. */
     CHECK(set_fixture(e, "study_ct_two_series.json") == 0, "fixture");
     i = rule_index(e, "r1");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan: %s", err);
     if (rc == 0) {
         CHECK_STR(p.folder, "r1/PID_01-DOE-EX4242");
@@ -878,7 +898,7 @@ static void test_plans(void)
 
     /* Fallbacks. */
     CHECK(set_fixture(e, "study_missing_tags.json") == 0, "fixture missing tags");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan: %s", err);
     if (rc == 0) {
         CHECK_STR(p.folder, "r1/NoPID-UNKNOWN-EXUNKNOWN");
@@ -890,7 +910,7 @@ static void test_plans(void)
 
     /* Hostile values: default layout and hooks, all sanitised. */
     CHECK(set_fixture(e, "study_hostile.json") == 0, "fixture hostile");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan: %s", err);
     if (rc == 0) {
         CHECK(safe_path(p.folder), "safe folder: %s", p.folder);
@@ -905,7 +925,7 @@ static void test_plans(void)
         ar_plan_free(&p);
     }
     i = rule_index(e, "hostile");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan: %s", err);
     if (rc == 0) {
         CHECK(safe_path(p.folder), "safe folder: %s", p.folder);
@@ -919,7 +939,7 @@ static void test_plans(void)
         ar_plan_free(&p);
     }
     i = rule_index(e, "long");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0, "plan: %s", err);
     if (rc == 0) {
         const char *last = strrchr(p.folder, '/');
@@ -936,14 +956,14 @@ static void test_plans(void)
         ar_plan_free(&p);
     }
     i = rule_index(e, "badname");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc != 0 && has(err, "rule badname") && has(err, "component 1"), "bad hook answer: %s",
           err);
 
     /* Duplicates get a deterministic suffix, never another file's name. */
     CHECK(set_fixture(e, "study_duplicates.json") == 0, "fixture duplicates");
     i = rule_index(e, "r1");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0 && p.n == 3, "plan: %s", err);
     if (rc == 0 && p.n == 3) {
         CHECK_STR(p.folder, "r1/P7-ROE-EX7");
@@ -958,12 +978,14 @@ static void test_plans(void)
 
     /* An empty study is an empty plan. */
     CHECK(set_fixture(e, "study_empty.json") == 0, "fixture empty");
-    rc = ar_engine_plan(e, (size_t)i, NULL, &p, err, sizeof err);
+    rc = ar_engine_plan(e, g_st, (size_t)i, NULL, &p, err, sizeof err);
     CHECK(rc == 0 && p.n == 0 && p.total_bytes == 0, "empty plan: %s", err);
     if (rc == 0) {
         CHECK_STR(p.folder, "r1/E1-EMPTY-EX1");
         ar_plan_free(&p);
     }
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -985,10 +1007,12 @@ static void test_overlay(void)
                "return { check_on = 'study', action = 'download', match = function() return true, greet() end }\n");
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load");
     CHECK(set_fixture(e, "study_empty.json") == 0, "fixture");
-    CHECK(ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0 && n == 1 &&
+    CHECK(ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0 && n == 1 &&
               strcmp(v[0].reason, "from overlay") == 0,
           "lua_dir overlays an embedded module: %s", n ? v[0].reason : err);
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(lua);
     tf_rm_tree(dir);
@@ -1031,7 +1055,7 @@ static void test_performance(void)
     for (round = 0; round < 5; round++) {
         double ms;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) != 0)
+        if (ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) != 0)
             break;
         ms = ms_since(&t0);
         if (ms < best)
@@ -1051,6 +1075,8 @@ static void test_performance(void)
     free(v);
     printf("# 1000 JSON rules: loaded in %.0f ms, evaluated in %.2f ms (best of 5), "
            "engine holds %zu KB\n", loadms, best, ar_engine_memory_used(e) / 1024);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -1100,21 +1126,23 @@ static void test_big_plan(void)
                   "  file_name = function(study, series, inst) while true do end end }\n");
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
     char *fx = big_fixture(n, &len);
-    int rc = ar_engine_set_study_fixture(e, fx, len, err, sizeof err);
+    int rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, fx, len, &g_st, err, sizeof err));
     free(fx);
     CHECK(rc == 0, "a %zu-instance fixture: %s", n, err);
     if (rc == 0) {
-        rc = ar_engine_plan(e, (size_t)rule_index(e, "named"), NULL, &p, err, sizeof err);
+        rc = ar_engine_plan(e, g_st, (size_t)rule_index(e, "named"), NULL, &p, err, sizeof err);
         CHECK(rc == 0, "FileNaming on %zu instances: %s", n, err);
         if (rc == 0) {
             CHECK_INT(p.n, n);
             CHECK_STR(p.files[n - 1].rel_path, "SE1-UNKNOWN-1.2.3.1/IM020000-1.2.3.1.20000.dcm");
             ar_plan_free(&p);
         }
-        rc = ar_engine_plan(e, (size_t)rule_index(e, "loops"), NULL, &p, err, sizeof err);
+        rc = ar_engine_plan(e, g_st, (size_t)rule_index(e, "loops"), NULL, &p, err, sizeof err);
         CHECK(rc == AR_ERULE && strstr(err, "exceeded instruction budget"),
               "a runaway file_name hook is still stopped: %s", err);
     }
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }

@@ -35,6 +35,10 @@
 #include "tap.h"
 #include "testfs.h"
 
+/* The snapshot the test works on (a value these tests keep here; freed
+ * before its engine). */
+static ar_study *g_st;
+
 static char srcdir[4096];
 
 static void find_srcdir(void)
@@ -98,7 +102,7 @@ static ar_engine *engine(long long budget, long timeout_ms)
 static int set_fixture_text(ar_engine *e, const char *text)
 {
     char err[1024];
-    int rc = ar_engine_set_study_fixture(e, text, strlen(text), err, sizeof err);
+    int rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, text, strlen(text), &g_st, err, sizeof err));
     if (rc)
         printf("# set_study_fixture: %s\n", err);
     return rc;
@@ -214,7 +218,7 @@ static void test_guard_agrees(void)
           ar_engine_rule_count(e) ? ar_engine_rule(e, 0)->error : "");
     CHECK(set_fixture(e) == 0, "fixture");
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK(ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0 && n == 1,
+    CHECK(ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0 && n == 1,
           "evaluate the probe: %s", err);
     ms = ms_since(&t0);
     x = n == 1 ? &v[0] : NULL;
@@ -241,6 +245,8 @@ static void test_guard_agrees(void)
     lua_close(L);
     free(text);
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -359,7 +365,7 @@ static void test_dos(void)
               ar_engine_rule(e, i)->error);
     CHECK(set_fixture_text(e, fixture) == 0, "fixture with a long StudyDescription");
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK(ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
+    CHECK(ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
     ms = ms_since(&t0);
     printf("# %zu pathological rules stopped by a 10M instruction budget in %.0f ms\n",
            (size_t)(NDOS + 1), ms);
@@ -367,6 +373,8 @@ static void test_dos(void)
     /* The budget of a rule is ~0.1 s of Lua here; the deadline is 5 s. */
     CHECK(ms < 4000.0 * (double)(NDOS + 1) / 10.0, "within the budget's time (%.0f ms)", ms);
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
 
     /* The deadline alone: an instruction budget no rule reaches. */
@@ -374,7 +382,7 @@ static void test_dos(void)
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
     CHECK(set_fixture_text(e, fixture) == 0, "fixture");
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    CHECK(ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
+    CHECK(ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
     ms = ms_since(&t0);
     printf("# %zu pathological rules stopped by a 200 ms deadline in %.0f ms\n",
            (size_t)(NDOS + 1), ms);
@@ -382,6 +390,8 @@ static void test_dos(void)
     /* Each stops at its deadline, give or take one bounded native call. */
     CHECK(ms < (200.0 + 150.0) * (double)(NDOS + 1), "each within its deadline (%.0f ms)", ms);
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     free(fixture);
     tf_rm_tree(dir);
@@ -411,13 +421,15 @@ static void test_library_sealed(void)
                "    string.upper('y') end }\n");
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
     CHECK(set_fixture(e) == 0, "fixture");
-    CHECK(ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
+    CHECK(ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) == 0, "evaluate: %s", err);
     x = verdict(e, v, n, "a_pairs");
     CHECK(x && x->matched, "pairs(string) lists the library but hands out no writable table: %s",
           x ? x->reason : "?");
     x = verdict(e, v, n, "b_victim");
     CHECK(x && x->matched, "other rules' string library intact: %s", x ? x->reason : "?");
     free(v);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
@@ -456,7 +468,7 @@ static void test_cost(void)
     for (round = 0; round < 5; round++) {
         double ms;
         clock_gettime(CLOCK_MONOTONIC, &t0);
-        if (ar_engine_evaluate(e, NULL, 0, &v, &n, err, sizeof err) != 0)
+        if (ar_engine_evaluate(e, g_st, NULL, 0, &v, &n, err, sizeof err) != 0)
             break;
         ms = ms_since(&t0);
         if (ms < best)
@@ -475,6 +487,8 @@ static void test_cost(void)
     CHECK_INT(errors, 0);
     free(v);
     printf("# 1000 JSON rules with \"matches\": evaluated in %.2f ms (best of 5)\n", best);
+    ar_study_free(g_st);
+    g_st = NULL;
     ar_engine_free(e);
     tf_rm_tree(dir);
 }
