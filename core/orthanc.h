@@ -1,8 +1,9 @@
 /* orthanc.h - the Orthanc REST calls the daemon makes, as raw answers.
  *
- * Only URLs and HTTP here (decoding is the engine's job).  A study snapshot
- * always costs exactly three requests, whatever the number of series,
- * instances or rules.
+ * URLs and HTTP here; transport answers are decoded by orthanc_json.h, a
+ * study's answers by the rule engine, forwards live in forward.h.  A study
+ * snapshot always costs exactly three requests, whatever the number of
+ * series, instances or rules.
  */
 #ifndef AR_ORTHANC_H
 #define AR_ORTHANC_H
