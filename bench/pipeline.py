@@ -150,7 +150,7 @@ class SilentListener:
             c.close()
 
 
-def latency(t, m, big_mb, poll, loaded, big_rate_mb=24):
+def latency(t, m, big_mb, poll, loaded, fsync="true", big_rate_mb=24):
     listener = SilentListener()
     t.defer(listener.close)
     o = t.orthanc("LAT" + ("LOAD" if loaded else "IDLE"), dicom=False,
@@ -166,7 +166,14 @@ def latency(t, m, big_mb, poll, loaded, big_rate_mb=24):
         log(f"latency: storing a {big_mb} MB study ({count} images)")
         big = upload_study(o, "LBIG", count, rows=512, cols=512)
         h.wait_for(lambda: big in stable_studies(o), 300, "the big study stable", interval=0.5)
-    env = env_for(ws, AUTORTHANC_POLL_INTERVAL=poll, AUTORTHANC_STABLE_AGE=2)
+    env = env_for(ws, AUTORTHANC_POLL_INTERVAL=poll, AUTORTHANC_STABLE_AGE=2,
+                  AUTORTHANC_FSYNC=fsync)
+    if not loaded:
+        # the reference goes through the same (Python) proxy, without a slow link: the proxy
+        # alone adds about a second per study here, so both figures share it
+        proxy = faults.FaultProxy(o.url).start()
+        t.defer(proxy.stop)
+        env["AUTORTHANC_ORTHANC_URL"] = proxy.url
     if loaded:
         # the big study's files come over a slow link (big_rate_mb MB/s per file),
         # so its export lasts the whole measurement; everything else passes
@@ -308,6 +315,7 @@ def main():
     ap.add_argument("--plan-sizes", default=None, help="instances per fixture, e.g. 20000,100000")
     ap.add_argument("--big-study", type=int, default=None, help="instances of the stored study")
     ap.add_argument("--parts", default="plan,big,backlog,latency")
+    ap.add_argument("--latency-fsync", default="true", help="fsync in the latency runs")
     a = ap.parse_args()
     os.environ["AR_BINARY"] = os.path.abspath(a.binary)
     n = a.backlog or (30 if a.quick else 1000)
@@ -326,10 +334,10 @@ def main():
             backlog(t, a.binary, n, a.connections)
         if "latency" not in parts:
             return 0
-        idle, _ = latency(t, m, big, a.poll_interval, loaded=False)
-        load, overlapped = latency(t, m, big, a.poll_interval, loaded=True)
+        idle, _ = latency(t, m, big, a.poll_interval, loaded=False, fsync=a.latency_fsync)
+        load, overlapped = latency(t, m, big, a.poll_interval, loaded=True, fsync=a.latency_fsync)
         print(f"\nlatency: {m} small studies, StableStudy in Orthanc's log -> export folder, "
-              f"poll_interval {a.poll_interval} s")
+              f"poll_interval {a.poll_interval} s, fsync {a.latency_fsync}")
         print(f"  {'':34} {'p50 s':>7} {'p99 s':>7}")
         print(f"  {'nothing else running (reference)':34} {pctl(idle, 50):7.2f} "
               f"{pctl(idle, 99):7.2f}")
