@@ -102,6 +102,14 @@ static int run_study(ar_engine *e, study_ctx *c, ar_study **out, char *err, size
     rc = ar_door(e, study_door, c, 0, err, errlen);
     if (rc) {
         free_series(c->series, c->nseries);
+        if (rc != AR_ENOMEM && e->mem.failed != failed) {
+            /* a decode that met the memory cap and said so as its own error */
+            char tmp[512];
+            snprintf(tmp, sizeof tmp, "%s", err);
+            return ar_seterr(err, errlen, AR_ENOMEM,
+                             "not enough memory for the study (the engine's limit is %zu MB): %s",
+                             e->mem.cap / (1024 * 1024), tmp);
+        }
         return rc == AR_ENOMEM ? rc : AR_ERR;
     }
     if (c->garbled[0]) {
