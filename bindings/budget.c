@@ -108,18 +108,9 @@ void ar_budget_register(lua_State *L, int t)
 
 void ar_budget_arm(lua_State *L, ar_budget *b)
 {
-    long ms = b->timeout_ms;
-
-    b->used = 0;
     b->tripped = AR_BUDGET_OK;
     b->where[0] = '\0';
-    now_mono(&b->deadline);
-    b->deadline.tv_sec += ms / 1000;
-    b->deadline.tv_nsec += (ms % 1000) * 1000000L;
-    if (b->deadline.tv_nsec >= 1000000000L) {
-        b->deadline.tv_sec++;
-        b->deadline.tv_nsec -= 1000000000L;
-    }
+    renew(b); /* count from zero, deadline from now */
     lua_sethook(L, budget_hook, LUA_MASKCOUNT, AR_HOOK_STEP);
 }
 
