@@ -150,6 +150,43 @@ class SilentListener:
             c.close()
 
 
+def slow_link(t, o, slow_ids, rate_mb, loaded):
+    """The URL autorthanc reaches Orthanc through, with the files of
+    slow_ids paced at rate_mb MB/s each (a slow link) and everything else
+    passed as it comes.  nginx (`limit_rate`) when installed: it adds
+    milliseconds, so the latency is absolute; otherwise the suite's Python
+    fault proxy, which by itself adds about a second per study (compare the
+    ratio then).  The reference run goes through the same kind of link."""
+    global LINK
+    try:
+        import stack  # noqa: E402  (nginx runner of the deployment tests)
+        conf = os.path.join(t.tmp, f"slowlink-{'load' if loaded else 'idle'}.conf")
+        with open(conf, "w") as f:
+            if slow_ids:
+                f.write("location ~ ^/instances/(%s)/file$ {\n"
+                        "    limit_rate %dm;\n    proxy_pass http://orthanc;\n}\n"
+                        % ("|".join(slow_ids), rate_mb))
+            f.write("location / {\n    proxy_pass http://orthanc;\n"
+                    "    proxy_read_timeout 3600s;\n}\n")
+        n = stack.Nginx(os.path.join(t.tmp, "nginx-" + ("load" if loaded else "idle")),
+                        int(o.url.rsplit(":", 1)[1]), include=conf).start()
+        t.defer(n.stop)
+        LINK = "nginx limit_rate"
+        return n.url
+    except Exception as e:  # no nginx here: the Python proxy
+        log(f"latency: nginx unavailable ({e}); pacing with the Python proxy")
+        proxy = faults.FaultProxy(o.url).start()
+        t.defer(proxy.stop)
+        if slow_ids:
+            proxy.add(rf"/instances/({'|'.join(slow_ids)})/file", "slow",
+                      rate=rate_mb * 1024 * 1024)
+        LINK = "Python fault proxy (adds ~1 s per study)"
+        return proxy.url
+
+
+LINK = ""
+
+
 def latency(t, m, big_mb, poll, loaded, fsync="true", big_rate_mb=24):
     listener = SilentListener()
     t.defer(listener.close)
@@ -168,20 +205,8 @@ def latency(t, m, big_mb, poll, loaded, fsync="true", big_rate_mb=24):
         h.wait_for(lambda: big in stable_studies(o), 300, "the big study stable", interval=0.5)
     env = env_for(ws, AUTORTHANC_POLL_INTERVAL=poll, AUTORTHANC_STABLE_AGE=2,
                   AUTORTHANC_FSYNC=fsync)
-    if not loaded:
-        # the reference goes through the same (Python) proxy, without a slow link: the proxy
-        # alone adds about a second per study here, so both figures share it
-        proxy = faults.FaultProxy(o.url).start()
-        t.defer(proxy.stop)
-        env["AUTORTHANC_ORTHANC_URL"] = proxy.url
-    if loaded:
-        # the big study's files come over a slow link (big_rate_mb MB/s per file),
-        # so its export lasts the whole measurement; everything else passes
-        proxy = faults.FaultProxy(o.url).start()
-        t.defer(proxy.stop)
-        ids = "|".join(i["ID"] for i in o.get(f"/studies/{big}/instances"))
-        proxy.add(rf"/instances/({ids})/file", "slow", rate=big_rate_mb * 1024 * 1024)
-        env["AUTORTHANC_ORTHANC_URL"] = proxy.url
+    ids = o.get(f"/studies/{big}/instances") if loaded else []
+    env["AUTORTHANC_ORTHANC_URL"] = slow_link(t, o, [i["ID"] for i in ids], big_rate_mb, loaded)
     d = t.daemon(["run"], env=env, cwd=ws.root)
     if loaded:
         h.wait_for(lambda: os.path.isdir(ws.path("keep")) and any(
@@ -337,7 +362,7 @@ def main():
         idle, _ = latency(t, m, big, a.poll_interval, loaded=False, fsync=a.latency_fsync)
         load, overlapped = latency(t, m, big, a.poll_interval, loaded=True, fsync=a.latency_fsync)
         print(f"\nlatency: {m} small studies, StableStudy in Orthanc's log -> export folder, "
-              f"poll_interval {a.poll_interval} s, fsync {a.latency_fsync}")
+              f"poll_interval {a.poll_interval} s, fsync {a.latency_fsync}, through {LINK}")
         print(f"  {'':34} {'p50 s':>7} {'p99 s':>7}")
         print(f"  {'nothing else running (reference)':34} {pctl(idle, 50):7.2f} "
               f"{pctl(idle, 99):7.2f}")

@@ -116,6 +116,7 @@ static int init_door(lua_State *L)
     lua_setfield(L, -2, "print");
     ar_sandbox_register(L, -1);
     ar_lpattern_register(L, -1);
+    ar_study_register(L, -1);
     ar_budget_register(L, -1);
     lua_setfield(L, 2, "c");
 

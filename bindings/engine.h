@@ -2,7 +2,8 @@
  *
  * An ar_engine owns one Lua 5.4 state with a counting allocator (memory cap),
  * the embedded Lua sources of rules/ (prelude, JSON->Lua compiler, loader,
- * study model, default layout), lua-cjson for every JSON decode, and the
+ * study model, default layout), lua-cjson for JSON rule files and rules'
+ * own use (study answers are decoded in C: core/snapshot.c), and the
  * loaded rules, each in its own sandbox environment (no io/os/package/debug/
  * require/dofile/loadfile, no binary chunks, unknown globals are an error).
  * Every call into Lua is protected (lua_pcall + traceback handler) and
@@ -10,9 +11,10 @@
  * re-arms itself once over budget so a rule's own pcall can't swallow the
  * stop).  A failing rule yields an error for that rule only.
  *
- * Data walks forward: Orthanc's answers about a study (fetched by core/;
- * transport answers such as /changes are decoded there too) -> a study
- * snapshot (an ar_study value the caller holds); snapshot + rules ->
+ * Data walks forward: Orthanc's answers about a study (fetched and decoded
+ * by core/: core/snapshot.c for the study, core/orthanc_json.c for
+ * transport answers such as /changes) -> a study snapshot (an ar_study
+ * value the caller holds); snapshot + rules ->
  * ar_verdict[]; verdict -> ar_plan (sanitised folder + files) for core/export.
  * No function here does HTTP; the caller fetches and hands over bodies.
  */
@@ -93,8 +95,8 @@ int ar_engine_rule_source(ar_engine *e, size_t i, char **out, char *err, size_t 
 
 /* ---- the study snapshot ------------------------------------------------ */
 
-/* A study snapshot is a value: a handle to the read-only study object the
- * engine built, with its id and series ids on the C side.  evaluate, plan
+/* A study snapshot is a value: the study decoded once into compact C
+ * memory (core/snapshot.h) and the read-only view of it rules see.  evaluate, plan
  * and on_exported take it explicitly; a job carries its own until it ends
  * (there is no "current study").  It belongs to the engine that made it
  * (one thread) and must be freed before that engine. */
@@ -111,6 +113,10 @@ int ar_engine_set_study(ar_engine *e, const char *study, size_t study_len,
  * "instances": [...]} (the shapes of the three answers above). */
 int ar_engine_set_study_fixture(ar_engine *e, const char *json, size_t len, ar_study **out,
                                 char *err, size_t errlen);
+/* The same from the fixture file at path, read in small pieces (a fixture
+ * of 100,000 instances never sits in memory whole). */
+int ar_engine_set_study_fixture_file(ar_engine *e, const char *path, ar_study **out, char *err,
+                                     size_t errlen);
 
 /* Drop the snapshot (NULL: nothing); a big one is collected at once. */
 void ar_study_free(ar_study *s);
@@ -121,6 +127,9 @@ size_t ar_study_series_count(const ar_study *s);
 const char *ar_study_series_id(const ar_study *s, size_t i);
 /* Is series_id one of its series? */
 int ar_study_has_series(const ar_study *s, const char *series_id);
+/* The decoded study itself (core/snapshot.h): tags for labels, ids. */
+struct ar_snapshot;
+const struct ar_snapshot *ar_study_snapshot(const ar_study *s);
 
 /* ---- decisions ---------------------------------------------------------- */
 

@@ -115,8 +115,11 @@ void ar_sandbox_register(lua_State *L, int t);
  * table at index t (M.c). */
 void ar_lpattern_register(lua_State *L, int t);
 
-/* study.c: the host's handle of snapshot s (Lua integer), for door calls. */
+/* study.c: the host's handle of snapshot s (Lua integer), for door calls;
+ * the snapshot helpers rules/study.lua
+ * and rules/repl.lua read it with, added to the table at index t (M.c). */
 long long ar_study_handle(const ar_study *s);
+void ar_study_register(lua_State *L, int t);
 
 /* lua_orthanc.c: push the REPL's Orthanc table {find, lookup, study} over h
  * (never given to rules). */

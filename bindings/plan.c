@@ -1,9 +1,12 @@
 /* plan.c - the export plan of a matched (rule, series) on a study snapshot.
  *
  * rules/layout.lua (through host.plan, a budgeted call: it runs the rule's
- * name/series_name/file_name hooks) returns raw path components; every one
- * is sanitised here with ar_sanitize_component (fallback "UNKNOWN"), so no
- * hook or tag value can put a '/', '..' or control character in a path.
+ * name/series_name/file_name hooks) hands raw path components over one by
+ * one (out.series, out.file: C functions here), so a 100,000-file plan
+ * never sits in Lua; every component is sanitised here with
+ * ar_sanitize_component (fallback "UNKNOWN"), so no hook or tag value can
+ * put a '/', '..' or control character in a path.  Instance ids and sizes
+ * come from the study snapshot; the plan's strings live in one arena.
  *   folder   = "<rule>/<name components...>" (the last one at most 243
  *              bytes: core/export adds ".OLD.WORKING" beside it)
  *   rel_path = "<series folder components...>/<file name components...>"
@@ -17,18 +20,15 @@
 
 #include <lauxlib.h>
 
+#include "../core/arena.h"
 #include "../core/err.h"
+#include "../core/snapshot.h"
 #include "../core/sanitize.h"
 #include "engine_int.h"
 
 #define AR_FALLBACK "UNKNOWN"
 /* The last component keeps room for a collision suffix and ".OLD.WORKING". */
 #define AR_FOLDER_LAST_MAX AR_FOLDER_NAME_MAX
-
-typedef struct strvec {
-    char **v;
-    size_t n, cap;
-} strvec;
 
 typedef struct dbuf {
     char *p;
@@ -39,26 +39,14 @@ typedef struct plan_ctx {
     size_t rule;
     const char *series;
     lua_Integer study;
+    const ar_snapshot *snap;
     ar_plan *plan;
-    strvec *owned;
-    char **series_dirs;   /* sanitised series folders, index = Lua index - 1 */
-    size_t nseries_dirs;
+    ar_arena *arena;
+    size_t cap;           /* of plan->files */
+    int unknown_size;
+    char **series_dirs;   /* sanitised series folders, by snapshot series (in arena) */
     dbuf buf;
 } plan_ctx;
-
-static int strvec_push(strvec *sv, char *s)
-{
-    if (sv->n == sv->cap) {
-        size_t cap = sv->cap ? sv->cap * 2 : 64;
-        char **nv = realloc(sv->v, cap * sizeof *nv);
-        if (!nv)
-            return -1;
-        sv->v = nv;
-        sv->cap = cap;
-    }
-    sv->v[sv->n++] = s;
-    return 0;
-}
 
 static int dbuf_add(dbuf *b, const char *s, size_t len)
 {
@@ -119,14 +107,75 @@ static void add_components(lua_State *L, dbuf *b, int idx, const char *what, siz
 
 static char *own(lua_State *L, plan_ctx *c, const char *s, size_t len)
 {
-    char *p = malloc(len + 1);
-    if (!p || strvec_push(c->owned, p)) {
-        free(p);
+    char *p = ar_arena_strndup(c->arena, s, len);
+    if (!p)
         luaL_error(L, "out of memory");
-    }
-    memcpy(p, s, len);
-    p[len] = '\0';
     return p;
+}
+
+static plan_ctx *ctx_of(lua_State *L)
+{
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
+
+/* snapshot series k (1-based) of the plan, raising when there is none */
+static size_t series_arg(lua_State *L, const plan_ctx *c, int idx)
+{
+    lua_Integer k = luaL_checkinteger(L, idx);
+    if (k < 1 || (size_t)k > c->snap->nseries)
+        luaL_error(L, "plan: no series #%d", (int)k);
+    return (size_t)k - 1;
+}
+
+/* out.series(k, comps): the folder of series k */
+static int c_series(lua_State *L)
+{
+    plan_ctx *c = ctx_of(L);
+    size_t k = series_arg(L, c, 1);
+    c->buf.len = 0;
+    add_components(L, &c->buf, 2, "series folder", AR_NAME_MAX);
+    c->series_dirs[k] = own(L, c, c->buf.p, c->buf.len);
+    return 0;
+}
+
+/* out.file(k, j, comps): the name of instance j of series k */
+static int c_file(lua_State *L)
+{
+    plan_ctx *c = ctx_of(L);
+    ar_plan *p = c->plan;
+    size_t k = series_arg(L, c, 1);
+    const ar_snap_series *se = &c->snap->series[k];
+    lua_Integer j = luaL_checkinteger(L, 2);
+    const ar_snap_instance *in;
+    ar_export_file *f;
+
+    if (j < 1 || (size_t)j > se->n)
+        return luaL_error(L, "plan: no instance #%d in series %s", (int)j, se->id);
+    if (!c->series_dirs[k])
+        return luaL_error(L, "plan: instance %d has no series folder", (int)j);
+    in = &c->snap->instances[se->first + (size_t)j - 1];
+    if (p->n == c->cap) {
+        size_t cap = c->cap ? c->cap * 2 : 64;
+        ar_export_file *nf = realloc(p->files, cap * sizeof *nf);
+        if (!nf)
+            return luaL_error(L, "out of memory");
+        p->files = nf;
+        c->cap = cap;
+    }
+    c->buf.len = 0;
+    if (dbuf_add(&c->buf, c->series_dirs[k], strlen(c->series_dirs[k])))
+        return luaL_error(L, "out of memory");
+    add_components(L, &c->buf, 3, "file name", AR_NAME_MAX);
+    f = &p->files[p->n];
+    f->instance_id = own(L, c, in->id, strlen(in->id));
+    f->rel_path = own(L, c, c->buf.p, c->buf.len);
+    f->size = in->file_size;
+    if (f->size < 0)
+        c->unknown_size = 1;
+    else
+        p->total_bytes += f->size;
+    p->n++;
+    return 0;
 }
 
 static int plan_door(lua_State *L)
@@ -134,8 +183,6 @@ static int plan_door(lua_State *L)
     plan_ctx *c = lua_touserdata(L, 1);
     ar_engine *e = ar_engine_of(L);
     ar_plan *p = c->plan;
-    lua_Integer i, n;
-    int unknown_size = 0;
 
     ar_push_host(L, "plan");
     lua_pushinteger(L, (lua_Integer)c->rule);
@@ -144,94 +191,23 @@ static int plan_door(lua_State *L)
         lua_pushstring(L, c->series);
     else
         lua_pushnil(L);
-    lua_call(L, 3, 1); /* stack: ctx, plan table */
-    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_createtable(L, 0, 2);
+    lua_pushlightuserdata(L, c);
+    lua_pushcclosure(L, c_series, 1);
+    lua_setfield(L, -2, "series");
+    lua_pushlightuserdata(L, c);
+    lua_pushcclosure(L, c_file, 1);
+    lua_setfield(L, -2, "file");
+    lua_call(L, 4, 1); /* stack: ctx, folder components */
 
-    /* folder */
     c->buf.len = 0;
     add_component(L, &c->buf, e->rules[c->rule].name, strlen(e->rules[c->rule].name),
                   AR_NAME_MAX);
-    lua_getfield(L, 2, "folder");
-    add_components(L, &c->buf, -1, "folder", AR_FOLDER_LAST_MAX);
-    lua_pop(L, 1);
+    add_components(L, &c->buf, 2, "folder", AR_FOLDER_LAST_MAX);
     p->folder = strdup(c->buf.p);
     if (!p->folder)
         return luaL_error(L, "out of memory");
-
-    /* series folders */
-    lua_getfield(L, 2, "series"); /* stack: ctx, plan, series */
-    luaL_checktype(L, 3, LUA_TTABLE);
-    n = (lua_Integer)lua_rawlen(L, 3);
-    if (n > 0) {
-        c->series_dirs = calloc((size_t)n, sizeof *c->series_dirs);
-        if (!c->series_dirs)
-            return luaL_error(L, "out of memory");
-        for (i = 1; i <= n; i++) {
-            c->buf.len = 0;
-            lua_rawgeti(L, 3, i);
-            add_components(L, &c->buf, -1, "series folder", AR_NAME_MAX);
-            lua_pop(L, 1);
-            c->series_dirs[i - 1] = strdup(c->buf.p);
-            if (!c->series_dirs[i - 1])
-                return luaL_error(L, "out of memory");
-            c->nseries_dirs = (size_t)i;
-        }
-    }
-
-    /* files: parallel lists ids, sizes, sidx, names */
-    lua_getfield(L, 2, "ids");   /* 4 */
-    lua_getfield(L, 2, "sizes"); /* 5 */
-    lua_getfield(L, 2, "sidx");  /* 6 */
-    lua_getfield(L, 2, "names"); /* 7 */
-    luaL_checktype(L, 4, LUA_TTABLE);
-    luaL_checktype(L, 5, LUA_TTABLE);
-    luaL_checktype(L, 6, LUA_TTABLE);
-    luaL_checktype(L, 7, LUA_TTABLE);
-    n = (lua_Integer)lua_rawlen(L, 4);
-    p->total_bytes = 0;
-    if (n <= 0)
-        return 0;
-    p->files = calloc((size_t)n, sizeof *p->files);
-    if (!p->files)
-        return luaL_error(L, "out of memory");
-    for (i = 1; i <= n; i++) {
-        ar_export_file *f = &p->files[i - 1];
-        lua_Integer si;
-        size_t len;
-        const char *s;
-        int isnum;
-
-        if (lua_rawgeti(L, 4, i) != LUA_TSTRING)
-            return luaL_error(L, "plan: instance %d has no id", (int)i);
-        s = lua_tolstring(L, -1, &len);
-        f->instance_id = own(L, c, s, len);
-        lua_pop(L, 1);
-
-        lua_rawgeti(L, 5, i);
-        f->size = (long long)lua_tointegerx(L, -1, &isnum);
-        if (!isnum || f->size < 0) {
-            f->size = -1;
-            unknown_size = 1;
-        } else {
-            p->total_bytes += f->size;
-        }
-        lua_pop(L, 1);
-
-        lua_rawgeti(L, 6, i);
-        si = lua_tointegerx(L, -1, &isnum);
-        lua_pop(L, 1);
-        if (!isnum || si < 1 || (size_t)si > c->nseries_dirs)
-            return luaL_error(L, "plan: instance %d has no series folder", (int)i);
-        c->buf.len = 0;
-        if (dbuf_add(&c->buf, c->series_dirs[si - 1], strlen(c->series_dirs[si - 1])))
-            return luaL_error(L, "out of memory");
-        lua_rawgeti(L, 7, i);
-        add_components(L, &c->buf, -1, "file name", AR_NAME_MAX);
-        lua_pop(L, 1);
-        f->rel_path = own(L, c, c->buf.p, c->buf.len);
-        p->n = (size_t)i;
-    }
-    if (unknown_size)
+    if (c->unknown_size)
         p->total_bytes = -1;
     return 0;
 }
@@ -292,7 +268,7 @@ static int strset_add(strset *st, const char *s)
 }
 
 /* "<dir>/<base>_<k><ext>", the last component kept within AR_NAME_MAX. */
-static char *suffixed(const char *rel, unsigned long k)
+static char *suffixed(ar_arena *arena, const char *rel, unsigned long k)
 {
     const char *last = strrchr(rel, '/');
     const char *dot;
@@ -314,7 +290,7 @@ static char *suffixed(const char *rel, unsigned long k)
             baselen--;
     }
     out = dirlen + baselen + strlen(suffix) + extlen;
-    s = malloc(out + 1);
+    s = ar_arena_alloc(arena, out + 1);
     if (!s)
         return NULL;
     memcpy(s, rel, dirlen);
@@ -325,7 +301,7 @@ static char *suffixed(const char *rel, unsigned long k)
     return s;
 }
 
-static int dedupe(ar_plan *p, strvec *owned)
+static int dedupe(ar_plan *p, ar_arena *arena)
 {
     strset orig = {NULL, 0, 0}, claimed = {NULL, 0, 0};
     size_t i;
@@ -347,17 +323,11 @@ static int dedupe(ar_plan *p, strvec *owned)
             continue;
         }
         for (k = 2;; k++) {
-            char *cand = suffixed(rel, k);
+            char *cand = suffixed(arena, rel, k);
             if (!cand)
                 goto out;
-            if (strset_has(&orig, cand) || strset_has(&claimed, cand)) {
-                free(cand);
-                continue;
-            }
-            if (strvec_push(owned, cand)) {
-                free(cand);
-                goto out;
-            }
+            if (strset_has(&orig, cand) || strset_has(&claimed, cand))
+                continue; /* (the arena keeps it; rare) */
             p->files[i].rel_path = cand;
             if (strset_add(&claimed, cand))
                 goto out;
@@ -378,7 +348,6 @@ int ar_engine_plan(ar_engine *e, const ar_study *st, size_t rule, const char *se
 {
     plan_ctx c;
     char msg[1024];
-    size_t i;
     int rc;
 
     memset(out, 0, sizeof *out);
@@ -387,10 +356,14 @@ int ar_engine_plan(ar_engine *e, const ar_study *st, size_t rule, const char *se
         return ar_seterr(err, errlen, AR_ERR, "no loaded rule #%zu", rule);
     if (!st)
         return ar_seterr(err, errlen, AR_ERR, "no study snapshot");
-    c.owned = calloc(1, sizeof *c.owned);
-    if (!c.owned)
-        return ar_seterr(err, errlen, AR_ENOMEM, "out of memory");
-    out->owned_ = c.owned;
+    c.snap = ar_study_snapshot(st);
+    c.arena = calloc(1, sizeof *c.arena);
+    c.series_dirs = calloc(c.snap->nseries + 1, sizeof *c.series_dirs);
+    out->owned_ = c.arena;
+    if (!c.arena || !c.series_dirs) {
+        rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory");
+        goto out;
+    }
     c.rule = rule;
     c.series = series_id;
     c.study = (lua_Integer)ar_study_handle(st);
@@ -400,11 +373,9 @@ int ar_engine_plan(ar_engine *e, const ar_study *st, size_t rule, const char *se
     if (rc)
         rc = ar_seterr(err, errlen, rc == AR_ENOMEM ? AR_ENOMEM : AR_ERULE, "rule %s: plan: %s",
                        e->rules[rule].name, msg);
-    else if (dedupe(out, c.owned))
+    else if (dedupe(out, c.arena))
         rc = ar_seterr(err, errlen, AR_ENOMEM, "out of memory while naming files");
-
-    for (i = 0; i < c.nseries_dirs; i++)
-        free(c.series_dirs[i]);
+out:
     free(c.series_dirs);
     free(c.buf.p);
     if (rc)
@@ -414,17 +385,11 @@ int ar_engine_plan(ar_engine *e, const ar_study *st, size_t rule, const char *se
 
 void ar_plan_free(ar_plan *p)
 {
-    strvec *sv;
-    size_t i;
-
     if (!p)
         return;
-    sv = p->owned_;
-    if (sv) {
-        for (i = 0; i < sv->n; i++)
-            free(sv->v[i]);
-        free(sv->v);
-        free(sv);
+    if (p->owned_) {
+        ar_arena_free(p->owned_);
+        free(p->owned_);
     }
     free(p->folder);
     free(p->files);

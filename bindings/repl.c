@@ -305,6 +305,7 @@ static int init_door(lua_State *L)
     luaL_setfuncs(L, fns, 1);
     ar_sandbox_register(L, -1);
     ar_lpattern_register(L, -1);
+    ar_study_register(L, -1);
     lua_setfield(L, 2, "c");
     if (c->o->http) {
         ar_lua_orthanc_push(L, c->o->http);

@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include "../bindings/cases.h"
-#include "../core/orthanc_json.h"
 #include "../core/err.h"
+#include "../core/snapshot.h"
 #include "app.h"
 #include "toolkit.h"
 
@@ -51,50 +51,35 @@ static int run_cases(const char *dir, const char *filter)
     return failed ? AR_EXIT_FAIL : AR_EXIT_OK;
 }
 
-/* "<prefix><field>" of a JSON body as text, "" when absent. */
-static void field(const char *body, size_t len, const char *prefix, const char *path, char *out,
-                  size_t outlen)
+/* A tag of the snapshot as text (at most 96 bytes), "" when absent. */
+static void tag(const ar_snapshot *s, ar_snap_tags tags, const char *name, char *out,
+                size_t outlen)
 {
-    char full[256];
-    snprintf(full, sizeof full, "%s%s", prefix, path);
-    if (ar_ojson_get(body, len, full, out, outlen, NULL, 0))
-        out[0] = '\0';
+    size_t len = 0;
+    const char *v = ar_snapshot_tag(s, tags, name, &len);
+    snprintf(out, outlen, "%.*s", v ? (int)(len > 96 ? 96 : len) : 0, v ? v : "");
 }
 
-static void study_label(const char *body, size_t len, const char *prefix, char *out, size_t outlen)
+/* "PID NAME DATE \"DESCRIPTION\"" of a study. */
+static void study_label(const ar_snapshot *s, char *out, size_t outlen)
 {
-    char pid[128], name[128], date[32], desc[256];
-    field(body, len, prefix, "PatientMainDicomTags.PatientID", pid, sizeof pid);
-    field(body, len, prefix, "PatientMainDicomTags.PatientName", name, sizeof name);
-    field(body, len, prefix, "MainDicomTags.StudyDate", date, sizeof date);
-    field(body, len, prefix, "MainDicomTags.StudyDescription", desc, sizeof desc);
+    char pid[100], name[100], date[100], desc[100];
+    tag(s, s->patient, "PatientID", pid, sizeof pid);
+    tag(s, s->patient, "PatientName", name, sizeof name);
+    tag(s, s->tags, "StudyDate", date, sizeof date);
+    tag(s, s->tags, "StudyDescription", desc, sizeof desc);
     snprintf(out, outlen, "%s %s %s \"%s\"", pid[0] ? pid : "-", name[0] ? name : "-",
              date[0] ? date : "-", desc);
 }
 
-/* "3 MR \"DWI\"" for a series id, from the series answer (a list). */
-static void series_label(const char *body, size_t len, const char *prefix, const char *id,
-                         char *out, size_t outlen)
+/* "3 MR \"DWI\"" of series i. */
+static void series_label(const ar_snapshot *s, size_t i, char *out, size_t outlen)
 {
-    char **ids = NULL;
-    size_t n = 0;
-    char path[64];
-    snprintf(out, outlen, "?");
-    snprintf(path, sizeof path, "%.*s", prefix[0] ? (int)strlen(prefix) - 1 : 0, prefix);
-    if (ar_ojson_list(body, len, path, &ids, &n, NULL, 0))
-        return;
-    for (size_t i = 0; i < n; i++) {
-        if (strcmp(ids[i], id) != 0)
-            continue;
-        char p2[96], num[32], mod[32], desc[256];
-        snprintf(p2, sizeof p2, "%s%zu.", prefix, i);
-        field(body, len, p2, "MainDicomTags.SeriesNumber", num, sizeof num);
-        field(body, len, p2, "MainDicomTags.Modality", mod, sizeof mod);
-        field(body, len, p2, "MainDicomTags.SeriesDescription", desc, sizeof desc);
-        snprintf(out, outlen, "%s %s \"%s\"", num[0] ? num : "-", mod[0] ? mod : "-", desc);
-        break;
-    }
-    free(ids);
+    char num[100], mod[100], desc[100];
+    tag(s, s->series[i].tags, "SeriesNumber", num, sizeof num);
+    tag(s, s->series[i].tags, "Modality", mod, sizeof mod);
+    tag(s, s->series[i].tags, "SeriesDescription", desc, sizeof desc);
+    snprintf(out, outlen, "%s %s \"%s\"", num[0] ? num : "-", mod[0] ? mod : "-", desc);
 }
 
 static void print_target(ar_app *a, const ar_study *st, size_t rule, const char *series,
@@ -125,8 +110,7 @@ static void print_target(ar_app *a, const ar_study *st, size_t rule, const char 
 }
 
 /* One study: returns 1 matched, 0 not matched, -1 error. */
-static int decide(ar_app *a, const ar_study *st, size_t rule, const char *label,
-                  const char *series_body, size_t series_len, const char *series_prefix)
+static int decide(ar_app *a, const ar_study *st, size_t rule, const char *label)
 {
     const ar_rule_info *r = ar_engine_rule(a->engine, rule);
     char err[1024] = "";
@@ -167,7 +151,7 @@ static int decide(ar_app *a, const ar_study *st, size_t rule, const char *label,
     for (size_t i = 0; i < n; i++) {
         char sl[512];
         const char *sid = ar_study_series_id(st, i);
-        series_label(series_body, series_len, series_prefix, sid, sl, sizeof sl);
+        series_label(ar_study_snapshot(st), i, sl, sizeof sl);
         printf("  series %s (%s): %s\n", sl, sid,
                vs[i].error ? "error" : vs[i].matched ? "match" : "no match");
         if (vs[i].reason[0])
@@ -263,45 +247,32 @@ int ar_cmd_test(int argc, char **argv)
     int all_match = 1, none_match = 1, input_error = 0;
     for (size_t i = 0; i < nitems; i++) {
         char label[1024], dl[512];
-        char *fx = NULL;
-        size_t fxlen = 0;
         ar_study_answers ans;
         ar_study *st = NULL;
         int rc, verdict;
         memset(&ans, 0, sizeof ans);
         if (items[i].fixture) {
-            rc = ar_tool_read_file(items[i].ref, &fx, &fxlen, err, sizeof err);
-            if (!rc)
-                rc = ar_engine_set_study_fixture(a.engine, fx, fxlen, &st, err, sizeof err);
+            rc = ar_engine_set_study_fixture_file(a.engine, items[i].ref, &st, err, sizeof err);
         } else {
             rc = ar_tool_fetch_study(&a, items[i].ref, &ans, err, sizeof err);
             if (!rc)
                 rc = ar_engine_set_study(a.engine, ans.study.data, ans.study.len, ans.series.data,
                                          ans.series.len, ans.instances.data, ans.instances.len,
                                          &st, err, sizeof err);
+            ar_study_answers_free(&ans); /* the snapshot holds what is needed */
         }
         if (rc) {
             printf("%s: cannot read the study: %s\n", items[i].ref, err);
             input_error = 1;
-            free(fx);
-            ar_study_answers_free(&ans);
             continue;
         }
-        if (items[i].fixture)
-            study_label(fx, fxlen, "study.", dl, sizeof dl);
-        else
-            study_label(ans.study.data, ans.study.len, "", dl, sizeof dl);
+        study_label(ar_study_snapshot(st), dl, sizeof dl);
         snprintf(label, sizeof label, "%s %s (%s)", items[i].fixture ? "fixture" : "study",
                  items[i].ref, dl);
-        if (items[i].fixture)
-            verdict = decide(&a, st, idx[0], label, fx, fxlen, "series.");
-        else
-            verdict = decide(&a, st, idx[0], label, ans.series.data, ans.series.len, "");
+        verdict = decide(&a, st, idx[0], label);
         ar_study_free(st);
         all_match &= verdict == 1;
         none_match &= verdict == 0;
-        free(fx);
-        ar_study_answers_free(&ans);
     }
     if (input_error)
         code = AR_EXIT_USAGE;

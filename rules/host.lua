@@ -4,11 +4,9 @@
 -- snapshots the C side holds (by handle).  Every function here is called through the engine's one
 -- protected door; the ones that run rule code (load_rule, evaluate, plan,
 -- on_exported) are budgeted per call.  Data errors are raised as plain
--- messages (error(msg, 0)) naming the answer and field, e.g.
--- "/studies/{id}: ID must be a string".  set_study returns nil, message
--- when an answer is not JSON at all (garbled in transit: the caller
--- retries).  Orthanc's transport answers (/changes, /series, /jobs) are
--- decoded in C (core/orthanc_json.c), never here.
+-- messages (error(msg, 0)).  Orthanc's answers are decoded in C, never
+-- here: the transport answers by core/orthanc_json.c, a study's by
+-- core/snapshot.c (set_study gets the decoded snapshot).
 --
 -- A rule record (rules/loader.lua): { rule_name, file, kind, check_on,
 -- action, destination, active, comment, match, name, series_name,
@@ -30,35 +28,6 @@ local rules, sources = {}, {}
 local snapshots, next_handle = {}, 0
 
 local function fail(msg) error(msg, 0) end
-
--- A body that is not JSON at all was garbled on the way (Orthanc only
--- sends JSON): the entry points below return nil, message for it, and the
--- C side reports a retryable error.  Valid JSON of the wrong shape raises.
-local function decode(body, what, file)
-    local ok, v = pcall(cjson.decode, body)
-    if not ok then
-        local msg = what .. ": invalid JSON: " .. tostring(v)
-        if file then fail(msg) end
-        error({ garbled = msg }, 0)
-    end
-    return v
-end
-
-local unpack, pack = table.unpack, table.pack
-local function answers(fn)
-    return function(...)
-        local r = pack(pcall(fn, ...))
-        if r[1] then return unpack(r, 2, r.n) end
-        local e = r[2]
-        if type(e) == "table" and e.garbled then return nil, e.garbled end
-        error(e, 0)
-    end
-end
-
-local function typename(v)
-    if v == cjson.null then return "null" end
-    return type(v)
-end
 
 -- ---- rules ------------------------------------------------------------------
 
@@ -125,17 +94,12 @@ end
 
 -- ---- Orthanc answers ----------------------------------------------------------
 
-local function use_study(st, series, instances)
-    local snap = M.study.build(st, series, instances)
-    if #snap.real.id > 127 or snap.real.id:find("\0", 1, true) or snap.real.id == "" then
-        fail("study: ID is not a valid id")
-    end
-    for _, id in ipairs(snap.series_ids) do
-        if #id > 127 or id:find("\0", 1, true) then fail("series: ID is not a valid id") end
-    end
+-- A view of snapshot userdata `ud` (bindings/study.c, already decoded and
+-- checked by core/snapshot.c), kept under a new handle.
+function host.set_study(ud)
     next_handle = next_handle + 1
-    snapshots[next_handle] = snap
-    return snap.real.id, snap.series_ids, next_handle
+    snapshots[next_handle] = M.study.build(ud)
+    return next_handle
 end
 
 -- Forget snapshot h; a big one is collected at once, so the state does not
@@ -145,22 +109,6 @@ function host.drop_study(h)
     snapshots[h] = nil
     if snap and snap.instances_total > 2000 then collectgarbage() end
 end
-
-host.set_study = answers(function(study_body, series_body, instances_body)
-    return use_study(decode(study_body, "/studies/{id}"),
-        decode(series_body, "/studies/{id}/series"),
-        decode(instances_body, "/studies/{id}/instances"))
-end)
-
-function host.set_study_fixture(body)
-    local d = decode(body, "fixture", true)
-    if type(d) ~= "table" then fail("fixture: expected an object, got " .. typename(d)) end
-    local series, instances = d.series, d.instances
-    if series == nil then series = {} end
-    if instances == nil then instances = {} end
-    return use_study(d.study, series, instances)
-end
-
 
 -- ---- decisions --------------------------------------------------------------
 
@@ -185,14 +133,14 @@ function host.evaluate(i, h, series_id)
     return m and true or false, why
 end
 
-function host.plan(i, h, series_id)
+function host.plan(i, h, series_id, out)
     local rec, snap, rs = target(i, h, series_id)
     if rec.check_on == "series" then
         if not rs then fail("a series rule needs a series to plan") end
     else
         rs = nil
     end
-    return M.layout.plan(rec, snap, rs)
+    return M.layout.plan(rec, snap, rs, out)
 end
 
 function host.on_exported(i, h, series_id, path)

@@ -91,16 +91,18 @@ function layout.components(v, what)
     error(what .. " returned a " .. t .. " (expected a string or a list of strings)", 0)
 end
 
--- The raw plan of rule `rec` on snapshot `snap` (see bindings/plan.c):
--- { folder = comps, series = { comps, ... },
---   ids = {...}, sizes = {...|false}, sidx = {...}, names = { comps, ... } }
--- `only` is the real series of a series rule, nil for a study rule.
--- Each hook call gets its own instruction budget and deadline (renew), and
--- so does every run of RENEW_EVERY default-named files: planning 100,000
--- instances is as bounded per file as planning one.
+-- The raw plan of rule `rec` on snapshot `snap` (see bindings/plan.c),
+-- handed to C as it is made so no list of 100,000 names builds up here:
+--   out.series(k, comps)     the folder of snapshot series k
+--   out.file(k, j, comps)    the name of instance j of series k
+-- and the folder's components returned.  `only` is the real series of a
+-- series rule, nil for a study rule.  Each hook call gets its own
+-- instruction budget and deadline (renew), and so does every run of
+-- RENEW_EVERY default-named files: planning 100,000 instances is as bounded
+-- per file as planning one.
 local RENEW_EVERY = 1000
 
-function layout.plan(rec, snap, only)
+function layout.plan(rec, snap, only, out)
     local renew = M.c.renew_budget or function() end -- the REPL has no budget to renew
     local real, view, wrap = snap.real, snap.view, snap.wrap
     local sview = only and wrap(only) or nil
@@ -111,24 +113,22 @@ function layout.plan(rec, snap, only)
     end
     folder = folder or layout.default_folder(real, only)
 
-    local out = { folder = folder, series = {}, ids = {}, sizes = {}, sidx = {}, names = {} }
     local list = only and { only } or real.series
-    local ids, sizes, sidx, names = out.ids, out.sizes, out.sidx, out.names
     local n = 0
-    for k, s in ipairs(list) do
+    for _, s in ipairs(list) do
+        local k = snap.index_of[s]
         local sv = wrap(s)
         local sname
         if rec.series_name then
             renew()
             sname = layout.components(rec.series_name(view, sv), "series_name hook")
         end
-        out.series[k] = sname or layout.default_series(s)
+        out.series(k, sname or layout.default_series(s))
         local file_name = rec.file_name
-        for _, inst in ipairs(s.instances) do
+        local instances = s.instances
+        for j = 1, #instances do
+            local inst = instances[j]
             n = n + 1
-            ids[n] = inst.id
-            sizes[n] = inst.file_size or false
-            sidx[n] = k
             local fname
             if file_name then
                 renew()
@@ -136,10 +136,10 @@ function layout.plan(rec, snap, only)
             elseif n % RENEW_EVERY == 0 then
                 renew()
             end
-            names[n] = fname or layout.default_file(inst)
+            out.file(k, j, fname or layout.default_file(inst))
         end
     end
-    return out
+    return folder
 end
 
 return layout

@@ -27,6 +27,7 @@
 
 local type, tostring, tonumber, error, pairs = type, tostring, tonumber, error, pairs
 local floor = math.floor
+local setmetatable = setmetatable
 local find, sub, gsub, match, byte, char, format, rep =
     string.find, string.sub, string.gsub, string.match, string.byte, string.char,
     string.format, string.rep
@@ -466,22 +467,42 @@ function P.none(list, pred)
 end
 
 -- instances(study [, series]): the instances of one series, or of every
--- series of the study in order.
+-- series of the study in order: a read-only list that reads each instance
+-- when asked (a 100,000-instance study is not copied).
 function P.instances(study, series)
     if series ~= nil then return series.instances or {} end
-    local out, n = {}, 0
+    local lists, ends, n = {}, {}, 0
     local list = study and study.series
-    if type(list) ~= "table" then return out end
+    if type(list) ~= "table" then return {} end
     for i = 1, #list do
         local inst = list[i].instances
-        if type(inst) == "table" then
-            for j = 1, #inst do
-                n = n + 1
-                out[n] = inst[j]
-            end
+        if type(inst) == "table" and #inst > 0 then
+            n = n + #inst
+            local k = #lists + 1
+            lists[k], ends[k] = inst, n
         end
     end
-    return out
+    local function at(_, j)
+        if type(j) ~= "number" or j < 1 or j > n or j ~= floor(j) then return nil end
+        local lo, hi = 1, #ends -- the first list ending at or after j
+        while lo < hi do
+            local mid = (lo + hi) // 2
+            if ends[mid] >= j then hi = mid else lo = mid + 1 end
+        end
+        return lists[lo][j - (ends[lo] - #lists[lo])]
+    end
+    return setmetatable({}, {
+        __index = at,
+        __len = function() return n end,
+        __pairs = function(t)
+            return function(_, j)
+                j = j + 1
+                if j <= n then return j, at(t, j) end
+            end, t, 0
+        end,
+        __newindex = function() error("the study is read-only", 2) end,
+        __metatable = "the study",
+    })
 end
 
 -- ---- tags by number -----------------------------------------------------------

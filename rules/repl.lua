@@ -121,8 +121,10 @@ local function decode(text, what)
     return v
 end
 
-local function adopt(st, series, instances)
-    local snap = M.study.build(st, series, instances)
+-- ud: a snapshot decoded by C (C.snapshot_answers / C.snapshot_fixture,
+-- the daemon's own decoder)
+local function adopt(ud)
+    local snap = M.study.build(ud)
     snaps[snap.view] = snap
     current = snap.view
     return snap.view
@@ -153,8 +155,7 @@ local function fetch(ref)
     end
     local st, series, instances = O.study(id)
     if not st then error(series, 0) end
-    return adopt(decode(st, "/studies/" .. id), decode(series, "/studies/" .. id .. "/series"),
-        decode(instances, "/studies/" .. id .. "/instances"))
+    return adopt(C.snapshot_answers(st, series, instances))
 end
 
 -- A study object from what the user gave: a study, an id/UID, a row of
@@ -335,9 +336,7 @@ env.try, env.name, env.reload, env.help = try, name, reload, help
 repl.env = env
 
 if M.fixture then
-    local d = decode(M.fixture, M.fixture_name or "fixture")
-    if type(d) ~= "table" then error((M.fixture_name or "fixture") .. ": expected an object", 0) end
-    adopt(d.study, d.series or {}, d.instances or {})
+    adopt(C.snapshot_fixture(M.fixture, M.fixture_name or "fixture"))
 end
 
 function repl.compile(text)

@@ -33,8 +33,21 @@ local sandbox = {}
 
 -- Read-only proxies ------------------------------------------------------
 
+-- Lazy sequences (rules/study.lua's instance lists): tables that answer
+-- t[i] and #t through their own metatable and hold nothing themselves;
+-- a proxy over one iterates it by index.
+local sequences = real_setmetatable({}, { __mode = "k" })
+function sandbox.sequence(t)
+    sequences[t] = true
+    return t
+end
+
 function sandbox.readonly(label)
-    local real_of, proxy_of = {}, {}
+    -- Weak both ways (ephemerons): a proxy lives while its table does and
+    -- something holds the proxy, so reading every instance of a big study
+    -- once does not keep a proxy per instance.
+    local real_of = real_setmetatable({}, { __mode = "k" })
+    local proxy_of = real_setmetatable({}, { __mode = "k" })
     local msg = label .. " is read-only"
     local mt = {}
     local function wrap(t)
@@ -54,6 +67,13 @@ function sandbox.readonly(label)
     mt.__len = function(p) return #real_of[p] end
     mt.__pairs = function(p)
         local t = real_of[p]
+        if sequences[t] then
+            local n = #t
+            return function(_, i)
+                i = i + 1
+                if i <= n then return i, p[i] end
+            end, p, 0
+        end
         return function(_, k)
             local nk, nv = next(t, k)
             if type(nv) == "table" then nv = wrap(nv) end

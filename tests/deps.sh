@@ -12,6 +12,7 @@ packages=(
   liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev
   libcurl4-openssl-dev libyaml-dev libsqlite3-dev libssl-dev libreadline-dev
   libjansson-dev
+  libyajl-dev
   orthanc dcmtk
   python3 python3-yaml
   curl ca-certificates

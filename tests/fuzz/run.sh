@@ -6,6 +6,9 @@
 #   fuzz_compile   any bytes as a JSON rule file: load, compile, evaluate on the
 #                  fixtures of tests/cases/_fixtures, plan; no crash, no leak,
 #                  no plan path outside the storage root
+#   fuzz_snapshot  any bytes as a study fixture and as Orthanc's three answers:
+#                  refused with a message, or a snapshot whose ranges and tags
+#                  keep core/snapshot.h's promises (also under a memory limit)
 #
 # Both are built with -fsanitize=fuzzer,address,undefined (cmake -DAR_FUZZ=ON,
 # the core and bindings libraries instrumented too) in their own build folder.
@@ -34,7 +37,7 @@ command -v clang >/dev/null || { echo "fuzz: clang not found" >&2; exit 1; }
 
 cmake -S "$src" -B "$build" -DCMAKE_C_COMPILER=clang -DAR_FUZZ=ON -DAR_SANITIZE=OFF \
       -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null || { echo "fuzz: configure failed" >&2; exit 1; }
-cmake --build "$build" -j"$jobs" --target fuzz_sanitize fuzz_compile ||
+cmake --build "$build" -j"$jobs" --target fuzz_sanitize fuzz_compile fuzz_snapshot ||
   { echo "fuzz: build failed" >&2; exit 1; }
 
 mkdir -p "$artifacts"
@@ -63,6 +66,8 @@ run_target() {
 run_target fuzz_sanitize "$src/tests/fuzz/corpus_sanitize" -max_len=1024
 run_target fuzz_compile "$src/tests/fuzz/corpus_compile" -max_len=4096 \
   -dict="$src/tests/fuzz/rule.dict"
+run_target fuzz_snapshot "$src/tests/fuzz/corpus_snapshot" -max_len=8192 \
+  -dict="$src/tests/fuzz/snapshot.dict"
 
 echo "$passed passed, $failed failed"
 [[ $failed -eq 0 ]]

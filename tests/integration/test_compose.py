@@ -52,7 +52,7 @@ SERVICES = ("nginx", "orthanc", "index-db", "autorthanc")
 # Who must wait for whom (all with condition: service_healthy).
 DEPENDS = {"nginx": ["orthanc"], "orthanc": ["index-db"], "autorthanc": ["orthanc"]}
 RUNTIME_PACKAGES = {"liblua5.4-0", "lua-cjson", "libcurl4", "libyaml-0-2", "libssl3",
-                    "libsqlite3-0", "libreadline8", "libjansson4", "ca-certificates"}
+                    "libsqlite3-0", "libreadline8", "libjansson4", "libyajl2", "ca-certificates"}
 BUILD_PACKAGES = {"cmake", "liblua5.4-dev", "lua-cjson-dev", "libcurl4-openssl-dev",
                   "libyaml-dev", "libsqlite3-dev", "libjansson-dev"}
 # Variable names of the original Python autorthanc's env_example that the

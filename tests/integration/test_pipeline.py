@@ -164,7 +164,12 @@ def test_study_too_big_for_the_memory_cap_is_a_failed_decision(t):
     ws = t.workspace(o)
     ws.rule("keep", tags=[("StudyDescription", "Study", "pipe")])
     big = o.create_study("PB01", "PIPE^BIG", "1",
-                         [{"SeriesNumber": str(n), "SeriesDate": "20241201", "instances": 50}
+                         # main instance tags the snapshot keeps (Orthanc keeps
+                         # up to 256 bytes of each): 1,000 instances need ~1 MB
+                         [{"SeriesNumber": str(n), "SeriesDate": "20241201", "instances": 50,
+                           "instance_tags": lambda i: {"ImageComments": "c" * 250,
+                                                       "ImagePositionPatient": "\\".join(["1.5"] * 60),
+                                                       "ImageOrientationPatient": "\\".join(["0.5"] * 60)}}
                           for n in range(1, 21)],
                          study_tags={"StudyDescription": "PIPE BIG"})
     o.wait_stable(big["study"])

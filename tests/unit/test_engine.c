@@ -1108,16 +1108,18 @@ static char *big_fixture(size_t n, size_t *len)
 /* Planning a big study: every hook call (here a FileNaming template, one
  * call per file) has its own budget, so the plan does not fail at ~12,000
  * instances with "exceeded instruction budget"; a runaway hook is still
- * stopped. */
+ * stopped.  100,000 instances, read from a fixture file, fit the default
+ * memory cap (64 MB): the snapshot is compact C memory and the plan's names
+ * are handed to C one by one. */
 static void test_big_plan(void)
 {
-    /* a budget a whole plan of 20,000 files would exceed many times over,
+    /* a budget a whole plan of 100,000 files would exceed many times over,
      * as the default one is for bigger studies and heavier hooks */
-    ar_engine *e = engine(300000, 0, 1024, NULL);
+    ar_engine *e = engine(300000, 0, 0, NULL);
     char *dir = tf_new_dir("ar-bigplan");
-    char err[1024];
+    char err[1024], path[4096];
     ar_plan p;
-    size_t len, n = 20000;
+    size_t len, n = 100000;
     tf_write_file(dir, "named.json",
                   "{\"CheckOn\": \"Study\", \"IsActive\": true, \"Action\": \"DOWNLOAD\","
                   " \"Tags\": [], \"FileNaming\": \"IM{InstanceNumber:06}-{SOPInstanceUID}.dcm\"}");
@@ -1126,15 +1128,24 @@ static void test_big_plan(void)
                   "  file_name = function(study, series, inst) while true do end end }\n");
     CHECK(ar_engine_load_rules_dir(e, dir, err, sizeof err) == 0, "load: %s", err);
     char *fx = big_fixture(n, &len);
-    int rc = (ar_study_free(g_st), g_st = NULL, ar_engine_set_study_fixture(e, fx, len, &g_st, err, sizeof err));
+    FILE *f;
+    snprintf(path, sizeof path, "%s/big.fixture", dir);
+    f = fopen(path, "wb");
+    CHECK(f && fwrite(fx, 1, len, f) == len && fclose(f) == 0, "write %s", path);
     free(fx);
-    CHECK(rc == 0, "a %zu-instance fixture: %s", n, err);
+    int rc = (ar_study_free(g_st), g_st = NULL,
+              ar_engine_set_study_fixture_file(e, path, &g_st, err, sizeof err));
+    CHECK(rc == 0, "a %zu-instance fixture at the default memory cap: %s", n, err);
     if (rc == 0) {
         rc = ar_engine_plan(e, g_st, (size_t)rule_index(e, "named"), NULL, &p, err, sizeof err);
         CHECK(rc == 0, "FileNaming on %zu instances: %s", n, err);
         if (rc == 0) {
             CHECK_INT(p.n, n);
-            CHECK_STR(p.files[n - 1].rel_path, "SE1-UNKNOWN-1.2.3.1/IM020000-1.2.3.1.20000.dcm");
+            /* in InstanceNumber order (numeric: 100000 after 99999) */
+            CHECK_STR(p.files[0].rel_path, "SE1-UNKNOWN-1.2.3.1/IM000001-1.2.3.1.1.dcm");
+            CHECK_STR(p.files[n - 1].rel_path, "SE1-UNKNOWN-1.2.3.1/IM100000-1.2.3.1.100000.dcm");
+            CHECK_STR(p.files[n - 1].instance_id, "i99999");
+            CHECK(p.total_bytes == 1000LL * (long long)n, "total bytes %lld", p.total_bytes);
             ar_plan_free(&p);
         }
         rc = ar_engine_plan(e, g_st, (size_t)rule_index(e, "loops"), NULL, &p, err, sizeof err);
