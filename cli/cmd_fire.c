@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../core/clock.h"
 #include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "app.h"
@@ -40,13 +41,6 @@ static void on_progress(void *ud, size_t done, size_t total, long long bytes)
         fputc('\n', stderr);
         p->bar.on = 0;
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* The cursor to keep: the saved one, or where the daemon would start. */
@@ -151,7 +145,7 @@ int ar_cmd_fire(int argc, char **argv)
     jobs = calloc(nv + 1, sizeof *jobs);
     if (!jobs)
         goto out;
-    int64_t seq = -now_ms();
+    int64_t seq = -((int64_t)(ar_wall_now() * 1000));
     for (size_t i = 0; i < nv; i++) {
         const ar_rule_info *r = ar_engine_rule(a.engine, v[i].rule);
         if (v[i].error) {

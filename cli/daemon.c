@@ -1,4 +1,5 @@
 /* daemon.c - see daemon.h */
+#include "../core/clock.h"
 #include "daemon.h"
 
 #include <errno.h>
@@ -20,19 +21,12 @@
 #include "watcher.h"
 #include "workers.h"
 
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 /* Sleep up to `seconds`, waking early on a signal. */
 static void nap(ar_app *a, double seconds)
 {
-    double end = wall_now() + seconds;
+    double end = ar_wall_now() + seconds;
     while (!(a->stop && *a->stop) && !(a->reload && *a->reload)) {
-        double left = end - wall_now();
+        double left = end - ar_wall_now();
         if (left <= 0)
             break;
         if (left > 0.25)
@@ -75,11 +69,38 @@ static void write_status(ar_app *a, int outage, const char *err)
 }
 
 /* The lane table into the ledger, where `status` reads it. */
-static void save_lanes(ar_app *a, ar_workers *w)
+/* The lane table as last written to the ledger (status reads it there). */
+typedef struct saved_lanes {
+    ar_lane_info v[64];
+    size_t n;
+    int valid;
+} saved_lanes;
+
+static int lane_same(const ar_lane_info *x, const ar_lane_info *y)
+{
+    return !strcmp(x->name, y->name) && x->running == y->running && x->down == y->down &&
+           x->down_since == y->down_since && x->next_probe_at == y->next_probe_at &&
+           x->failures == y->failures && x->probe_job == y->probe_job &&
+           !strcmp(x->last_error, y->last_error);
+}
+
+/* Write the lane table when it changed since the last write (an idle
+ * daemon writes nothing each cycle). */
+static void save_lanes(ar_app *a, ar_workers *w, saved_lanes *last)
 {
     ar_lane_info v[64];
-    size_t n = ar_lanes_snapshot(ar_workers_lanes(w), v, 64);
-    ar_status_save_lanes(a, v, n < 64 ? n : 64);
+    size_t n = ar_lanes_snapshot(ar_workers_lanes(w), v, 64), i;
+    n = n < 64 ? n : 64;
+    if (last->valid && last->n == n) {
+        for (i = 0; i < n && lane_same(&v[i], &last->v[i]); i++)
+            ;
+        if (i == n)
+            return;
+    }
+    ar_status_save_lanes(a, v, n);
+    memcpy(last->v, v, n * sizeof *v);
+    last->n = n;
+    last->valid = 1;
 }
 
 /* Jobs recorded by an older autorthanc (schema 1) have no lane yet. */
@@ -105,9 +126,11 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
     char err[2048] = "";
     int outage = 0, removed = 0, rc = AR_OK;
     ar_workers *workers = NULL;
-    double started = wall_now();
+    double started = ar_wall_now();
     uint64_t kicked_at = 0;
+    saved_lanes lanes_written; /* ~50 KB: the main thread's stack */
     memset(st, 0, sizeof *st);
+    memset(&lanes_written, 0, sizeof lanes_written);
     a->orthanc_last = -1;
 
     if (make_dirs(a->cfg.storage_dir, err, sizeof err)) {
@@ -136,7 +159,7 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
         }
         ar_workers_set_config(workers, &a->cfg, a->rules_gen, a->engine);
         err[0] = 0;
-        double polled_at = wall_now();
+        double polled_at = ar_wall_now();
         rc = ar_watch_changes(a, &outage, err, sizeof err);
         if (rc == AR_ENET || rc == AR_EHTTP || rc == AR_ENOTFOUND) {
             st->poll_errors++;
@@ -153,13 +176,13 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
         ar_workers_pause(workers, outage, polled_at);
         if (!outage && rc == AR_OK) {
             ar_watch_arrivals(a, &outage);
-            ar_watch_decisions(a, once ? started : wall_now());
+            ar_watch_decisions(a, once ? started : ar_wall_now());
         }
         if (a->jobs_recorded != kicked_at) {
             kicked_at = a->jobs_recorded; /* new work: wake the workers now */
             ar_workers_kick(workers);
         }
-        save_lanes(a, workers);
+        save_lanes(a, workers, &lanes_written);
         write_status(a, outage, err);
         if (once || (a->stop && *a->stop))
             break;
@@ -171,7 +194,7 @@ int ar_daemon_run(ar_app *a, int once, ar_run_stats *st)
         ar_workers_drain(workers); /* jobs recorded before an error still run */
     ar_workers_stats(workers, st);
     if (once)
-        save_lanes(a, workers);
+        save_lanes(a, workers, &lanes_written);
     ar_workers_stop(workers);
     if (once)
         write_status(a, outage, err);

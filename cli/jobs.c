@@ -7,6 +7,7 @@
 #include <sys/statvfs.h>
 #include <time.h>
 
+#include "../core/clock.h"
 #include "../core/err.h"
 #include "../core/export.h"
 #include "../core/forward.h"
@@ -15,13 +16,6 @@
 #include "../core/sanitize.h"
 #include "daemon.h"
 #include "jobs.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
 
 /* Refuse to start an export the storage folder has no room for (when the
  * size is known): failing before the transfer costs nothing. */
@@ -48,7 +42,7 @@ int ar_job_prepare(ar_app *a, const ar_job *job, ar_job_work *w, char *err, size
     memset(w, 0, sizeof *w);
     w->job = *job;
     w->storage = a->cfg.storage_dir;
-    w->t0 = now_s();
+    w->t0 = ar_mono_now();
     w->rule = ar_app_find_rule(a, job->rule);
     if (w->rule < 0)
         return ar_seterr(err, errlen, AR_ERULE,
@@ -97,7 +91,7 @@ void ar_job_transfer(ar_job_work *w)
     else
         w->rc = ar_export_download(w->http, w->storage, w->folder, w->plan.files, w->plan.n,
                                    &w->eo, &w->res, w->err, sizeof w->err);
-    w->seconds = now_s() - w->t0;
+    w->seconds = ar_mono_now() - w->t0;
 }
 
 int ar_job_finish(ar_app *a, ar_job_work *w, char *err, size_t errlen)
@@ -144,7 +138,7 @@ static int forward_wait(ar_app *a, ar_job_work *w, char *err, size_t errlen)
 {
     char jobid[128], what[64];
     int state = AR_FWD_RUNNING, rc;
-    double t0 = now_s();
+    double t0 = ar_mono_now();
     if ((rc = ar_forward_submit(a->http, w->destination, w->job.resource_id, jobid, sizeof jobid,
                                 err, errlen)))
         return rc;
@@ -159,7 +153,7 @@ static int forward_wait(ar_app *a, ar_job_work *w, char *err, size_t errlen)
         if (a->stop && *a->stop)
             return ar_seterr(err, errlen, AR_ESTOP, "stopped while forwarding to '%s'",
                              w->destination);
-        if (now_s() - t0 > a->cfg.forward_timeout) {
+        if (ar_mono_now() - t0 > a->cfg.forward_timeout) {
             ar_forward_cancel(a->http, jobid);
             return ar_seterr(err, errlen, AR_ENET,
                              "forward to modality '%s' gave up after %.0f s (forward_timeout): "
@@ -180,7 +174,7 @@ int ar_job_execute(ar_app *a, const ar_job *job, char *err, size_t errlen)
     w.http = a->http;
     if (w.forward) {
         w.rc = forward_wait(a, &w, w.err, sizeof w.err);
-        w.seconds = now_s() - w.t0;
+        w.seconds = ar_mono_now() - w.t0;
     } else {
         ar_job_transfer(&w);
     }

@@ -1,4 +1,5 @@
 /* toolkit.c - see toolkit.h */
+#include "../core/clock.h"
 #include "toolkit.h"
 
 #include <errno.h>
@@ -260,13 +261,6 @@ const char *ar_tool_human_bytes(long long n, char *buf, size_t len)
     return buf;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 void ar_progress_start(ar_progress *p, const char *what)
 {
     p->on = isatty(STDERR_FILENO);
@@ -278,7 +272,7 @@ void ar_progress_draw(ar_progress *p, size_t done, size_t total, long long bytes
                       long long total_bytes, int force)
 {
     char bar[41], hb[32], tb[32];
-    double t = now_s();
+    double t = ar_mono_now();
     size_t fill;
 
     if (!p->on || (!force && t - p->last < 0.1))

@@ -1,4 +1,5 @@
 /* watcher.c - see watcher.h */
+#include "../core/clock.h"
 #include "watcher.h"
 
 #include <inttypes.h>
@@ -32,13 +33,6 @@ static int job_push(job_list *l, const ar_job *j)
     }
     l->v[l->n++] = *j;
     return AR_OK;
-}
-
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 void ar_rule_lane(const ar_rule_info *r, char *lane, size_t lanelen)
@@ -308,7 +302,7 @@ int ar_watch_changes(ar_app *a, int *outage, char *err, size_t errlen)
                          c->kind == AR_CHANGE_NEW_STUDY ? "study" : "series");
                 snprintf(w->resource_id, sizeof w->resource_id, "%s", c->id);
                 w->seq = c->seq;
-                w->first_seen = wall_now();
+                w->first_seen = ar_wall_now();
                 w->next_check = first_check(a, w->first_seen);
             } else if (stable) {
                 dels[ndel++] = c->id;
@@ -385,7 +379,7 @@ void ar_watch_arrivals(ar_app *a, int *outage)
     ar_study *snap = NULL; /* this pass's snapshot, reused by decide() */
     int64_t cursor = 0;
     int has = 0;
-    double now = wall_now(), margin = stable_margin(a);
+    double now = ar_wall_now(), margin = stable_margin(a);
 
     if (ar_state_watch_list(a->state, now, &w, &n, err, sizeof err) || n == 0)
         goto out;
@@ -506,7 +500,7 @@ void ar_watch_decisions(ar_app *a, double horizon)
     job_list jobs = {0};
     ar_study *snap = NULL; /* this pass's snapshot, reused by decide() */
 
-    if (ar_state_claimable(a->state, "decide", horizon, wall_now(), DECISIONS_PER_PASS, &dj, &n,
+    if (ar_state_claimable(a->state, "decide", horizon, ar_wall_now(), DECISIONS_PER_PASS, &dj, &n,
                            err, sizeof err)) {
         ar_log(AR_LOG_ERROR, "state.error", NULL, "%s", err);
         goto out;
@@ -552,12 +546,12 @@ void ar_watch_decisions(ar_app *a, double horizon)
                 double delay = a->cfg.retry_initial;
                 for (int k = 1; k < attempts && delay < a->cfg.retry_max; k++)
                     delay *= 2;
-                retry_at = wall_now() + (delay > a->cfg.retry_max ? a->cfg.retry_max : delay);
+                retry_at = ar_wall_now() + (delay > a->cfg.retry_max ? a->cfg.retry_max : delay);
             }
             if (retry_at > 0)
                 ar_log(AR_LOG_ERROR, "decision.failed", &f,
                        "decision job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s",
-                       d->id, d->level, d->resource_id, attempts, why, retry_at - wall_now());
+                       d->id, d->level, d->resource_id, attempts, why, retry_at - ar_wall_now());
             else
                 ar_log(AR_LOG_ERROR, "decision.failed", &f,
                        "decision job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s "

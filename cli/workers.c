@@ -1,4 +1,5 @@
 /* workers.c - see workers.h */
+#include "../core/clock.h"
 #include "workers.h"
 
 #include <inttypes.h>
@@ -64,13 +65,6 @@ struct ar_workers {
     ar_run_stats st;
 };
 
-static double wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
 static int stopping(const ar_workers *p)
 {
     return p->quit || (p->stop && *p->stop);
@@ -115,11 +109,11 @@ static void record_failure(worker *w, const ar_job *j, int rc, const char *why)
     int attempts = j->attempts + 1;
     double retry_at = 0;
     if (ar_err_retryable(rc) && attempts < a->cfg.retry_attempts)
-        retry_at = wall_now() + backoff(&a->cfg, attempts);
+        retry_at = ar_wall_now() + backoff(&a->cfg, attempts);
     if (retry_at > 0)
         ar_log(AR_LOG_ERROR, "job.failed", &f,
                "job %" PRId64 " (%s %s) attempt %d failed: %s; retrying in %.0f s", j->id,
-               j->action, j->resource_id, attempts, why, retry_at - wall_now());
+               j->action, j->resource_id, attempts, why, retry_at - ar_wall_now());
     else
         ar_log(AR_LOG_ERROR, "job.failed", &f,
                "job %" PRId64 " (%s %s) failed for good after %d attempt(s): %s", j->id, j->action,
@@ -259,9 +253,9 @@ static void run_download(worker *w, const ar_job *j, uint64_t ticket)
     }
 out:
     if (rc == AR_ENET && !ar_orthanc_answers(a->http))
-        ar_workers_pause(w->pool, 1, wall_now()); /* until the watcher sees Orthanc again */
+        ar_workers_pause(w->pool, 1, ar_wall_now()); /* until the watcher sees Orthanc again */
     ar_lanes_finished(w->pool->lanes, j->lane, j->id, rc == AR_OK ? AR_LANE_OK : AR_LANE_OTHER,
-                      err, wall_now());
+                      err, ar_wall_now());
 }
 
 /* Submit a forward, or look at the one in flight.  Returns 1 while it is
@@ -275,7 +269,7 @@ static int run_forward(worker *w, const ar_job *j)
     ar_log_fields f = {.study = j->study_id, .rule = j->rule, .path = dest, .bytes = -1,
                        .seconds = -1};
     int outcome = AR_LANE_OTHER, state = AR_FWD_RUNNING, rc;
-    double now = wall_now();
+    double now = ar_wall_now();
 
     if (!j->remote_job[0]) {
         rc = ar_forward_submit(a->http, dest, j->resource_id, jobid, sizeof jobid, err, sizeof err);
@@ -353,7 +347,7 @@ static int run_forward(worker *w, const ar_job *j)
         outcome = AR_LANE_PENDING;
     }
 out:
-    lane_log(ar_lanes_finished(p->lanes, j->lane, j->id, outcome, err, wall_now()), j->lane, err);
+    lane_log(ar_lanes_finished(p->lanes, j->lane, j->id, outcome, err, ar_wall_now()), j->lane, err);
     return outcome == AR_LANE_PENDING;
 }
 
@@ -362,7 +356,7 @@ out:
 /* Hold job id until `until`.  mu held. */
 static void hold(ar_workers *p, int64_t id, double until)
 {
-    double now = wall_now();
+    double now = ar_wall_now();
     size_t k = 0;
     for (size_t i = 0; i < p->nheld; i++) /* drop the expired ones */
         if (p->held[i].until > now && p->held[i].id != id)
@@ -423,7 +417,7 @@ static int claim(worker *w, ar_job *out, char *err, size_t errlen)
     char (*lanes)[AR_LANE_LEN] = NULL;
     size_t nl = 0;
     int found = 0, in_flight_seen = 0;
-    double now = wall_now();
+    double now = ar_wall_now();
     double horizon = p->once ? p->started_at : now;
 
     if (p->paused)
@@ -529,7 +523,7 @@ static void *worker_main(void *arg)
             }
             /* woken by new jobs; else look again when a forward's look or a
              * retry may be due */
-            double until = wall_now() + (p->polls_waiting ? LOOK_EVERY : IDLE_WAIT);
+            double until = ar_wall_now() + (p->polls_waiting ? LOOK_EVERY : IDLE_WAIT);
             struct timespec ts = {(time_t)until, (long)((until - floor(until)) * 1e9)};
             pthread_cond_timedwait(&p->cv, &p->mu, &ts);
             continue;
@@ -552,8 +546,8 @@ static void *worker_main(void *arg)
         pthread_mutex_lock(&p->mu);
         /* a forward's next look comes soon; anything else waits for the
          * ledger's backoff (or, with --once, for the next run) */
-        hold(p, j.id, in_flight ? wall_now() + LOOK_EVERY
-                                : p->once ? INFINITY : wall_now() + w->app.cfg.retry_initial);
+        hold(p, j.id, in_flight ? ar_wall_now() + LOOK_EVERY
+                                : p->once ? INFINITY : ar_wall_now() + w->app.cfg.retry_initial);
         w->cur_id = 0;
         p->busy--;
         p->epoch++;
@@ -578,7 +572,7 @@ int ar_workers_start(ar_app *a, int once, ar_workers **out, char *err, size_t er
     p->rules = a->engine ? ar_engine_ruleset(a->engine) : NULL;
     p->stop = a->stop;
     p->once = once;
-    p->started_at = wall_now();
+    p->started_at = ar_wall_now();
     /* downloads take at most max_parallel_exports workers (the storage
      * lane's limit); one more always serves the forwards */
     p->nw = a->cfg.max_parallel_exports + 1;
@@ -668,7 +662,7 @@ void ar_workers_drain(ar_workers *p)
     p->epoch++;
     pthread_cond_broadcast(&p->cv);
     while (!stopping(p) && !(p->busy == 0 && p->empty_epoch == p->epoch && !p->polls_waiting)) {
-        double until = wall_now() + IDLE_WAIT;
+        double until = ar_wall_now() + IDLE_WAIT;
         struct timespec ts = {(time_t)until, (long)((until - floor(until)) * 1e9)};
         pthread_cond_timedwait(&p->cv, &p->mu, &ts);
     }

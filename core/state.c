@@ -20,6 +20,7 @@
  * Multi-statement changes run inside BEGIN IMMEDIATE, so a second process on
  * the same state folder waits (busy_timeout) instead of failing mid-way.
  */
+#include "clock.h"
 #include "state.h"
 #include "err.h"
 #include "log.h"
@@ -161,13 +162,6 @@ struct ar_state {
     char path[4200];
     sqlite3_stmt *q[Q_COUNT];
 };
-
-static double now_unix(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
 
 /* An SQLite failure: message names the database and the operation. */
 static int db_fail(ar_state *st, const char *what, char *err, size_t errlen)
@@ -499,7 +493,7 @@ int ar_state_record_batch(ar_state *st, const ar_job *jobs, size_t n, const ar_w
 {
     int rc;
     size_t i;
-    double now = now_unix();
+    double now = ar_wall_now();
 
     for (i = 0; i < n; i++)
         if ((!jobs[i].rule[0] && strcmp(jobs[i].action, "decide") != 0) ||
@@ -719,7 +713,7 @@ int ar_state_job_done(ar_state *st, int64_t id, const char *path, long long byte
     sqlite3_bind_int64(s, 1, id);
     bind_str(s, 2, path);
     sqlite3_bind_int64(s, 3, bytes);
-    sqlite3_bind_double(s, 4, now_unix());
+    sqlite3_bind_double(s, 4, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_DONE, "mark job done", &changes, err, errlen)))
         return rc;
     return one_job_changed(st, changes, id, err, errlen);
@@ -731,7 +725,7 @@ int ar_state_job_gone(ar_state *st, int64_t id, const char *why, char *err, size
     int rc, changes = 0;
     sqlite3_bind_int64(s, 1, id);
     bind_str(s, 2, why);
-    sqlite3_bind_double(s, 3, now_unix());
+    sqlite3_bind_double(s, 3, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_GONE, "mark job gone", &changes, err, errlen)))
         return rc;
     return one_job_changed(st, changes, id, err, errlen);
@@ -745,7 +739,7 @@ int ar_state_job_failed(ar_state *st, int64_t id, const char *why, double retry_
     sqlite3_bind_int64(s, 1, id);
     bind_str(s, 2, why);
     sqlite3_bind_double(s, 3, retry_at > 0 ? retry_at : 0);
-    sqlite3_bind_double(s, 4, now_unix());
+    sqlite3_bind_double(s, 4, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_FAILED, "mark job failed", &changes, err, errlen)))
         return rc;
     return one_job_changed(st, changes, id, err, errlen);
@@ -757,7 +751,7 @@ int ar_state_job_requeue(ar_state *st, int64_t id, int *count, char *err, size_t
     int rc, changes = 0;
     *count = 0;
     sqlite3_bind_int64(s, 1, id < 0 ? -1 : id);
-    sqlite3_bind_double(s, 2, now_unix());
+    sqlite3_bind_double(s, 2, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_REQUEUE, "requeue jobs", &changes, err, errlen)))
         return rc;
     *count = changes;
@@ -870,7 +864,7 @@ int ar_state_job_remote(ar_state *st, int64_t id, const char *remote_job, double
     bind_str(s, 2, remote_job);
     sqlite3_bind_double(s, 3, submitted_at);
     sqlite3_bind_double(s, 4, next_at);
-    sqlite3_bind_double(s, 5, now_unix());
+    sqlite3_bind_double(s, 5, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_REMOTE, "record the Orthanc job of a forward", &changes, err,
                         errlen)))
         return rc;
@@ -885,7 +879,7 @@ int ar_state_job_wait(ar_state *st, int64_t id, const char *why, double next_at,
     sqlite3_bind_int64(s, 1, id);
     bind_str(s, 2, why);
     sqlite3_bind_double(s, 3, next_at);
-    sqlite3_bind_double(s, 4, now_unix());
+    sqlite3_bind_double(s, 4, ar_wall_now());
     if ((rc = step_done(st, Q_JOB_WAIT, "postpone job", &changes, err, errlen)))
         return rc;
     return one_job_changed(st, changes, id, err, errlen);
