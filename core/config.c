@@ -20,12 +20,14 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <locale.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <strings.h>
 #include <sys/stat.h>
 #include <yaml.h>
@@ -650,12 +652,66 @@ static int load_env(ar_config *c, char *err, size_t errlen)
     return AR_OK;
 }
 
+/* path made absolute and normalised as far as it exists (symlinks resolved
+ * by realpath), the rest lexically ("." and ".." folded), into out. */
+static void absolute(const char *path, char *out, size_t outlen)
+{
+    char joined[2 * AR_PATH_LEN + 2], cwd[AR_PATH_LEN], real[PATH_MAX];
+    char *parts[512];
+    size_t n = 0, o = 0;
+    char *save = NULL, *tok;
+
+    if (realpath(path, real)) {
+        snprintf(out, outlen, "%s", real);
+        return;
+    }
+    if (path[0] == '/' || !getcwd(cwd, sizeof cwd))
+        snprintf(joined, sizeof joined, "%s", path);
+    else
+        snprintf(joined, sizeof joined, "%s/%s", cwd, path);
+    for (tok = strtok_r(joined, "/", &save); tok; tok = strtok_r(NULL, "/", &save)) {
+        if (!strcmp(tok, "."))
+            continue;
+        if (!strcmp(tok, "..")) {
+            if (n)
+                n--;
+            continue;
+        }
+        if (n < sizeof parts / sizeof parts[0])
+            parts[n++] = tok;
+    }
+    out[0] = '\0';
+    for (size_t i = 0; i < n && o + 1 < outlen; i++)
+        o += (size_t)snprintf(out + o, outlen - o, "/%s", parts[i]);
+    if (!n)
+        snprintf(out, outlen, "/");
+}
+
+/* Is b the folder a or inside it? */
+static int within(const char *a, const char *b)
+{
+    size_t n = strlen(a);
+    if (n == 1 && a[0] == '/')
+        return 1;
+    return strncmp(a, b, n) == 0 && (b[n] == '\0' || b[n] == '/');
+}
+
 static int check_all(const ar_config *c, char *err, size_t errlen)
 {
+    char state[AR_PATH_LEN + 8], storage[AR_PATH_LEN + 8];
     if (c->retry_max < c->retry_initial)
         return ar_seterr(err, errlen, AR_ECONFIG,
                          "configuration: retry_max (%g) must not be less than retry_initial (%g)",
                          c->retry_max, c->retry_initial);
+    /* an export named like the ledger could replace it; clean-up of the
+     * storage folder could reach the state: keep them apart */
+    absolute(c->state_dir, state, sizeof state);
+    absolute(c->storage_dir, storage, sizeof storage);
+    if (within(storage, state) || within(state, storage))
+        return ar_seterr(err, errlen, AR_ECONFIG,
+                         "configuration: state_dir (%s) and storage_dir (%s) must not be one "
+                         "inside the other: exports could replace the state database",
+                         state, storage);
     return AR_OK;
 }
 

@@ -247,5 +247,27 @@ def test_state_is_sqlite_outside_storage(t):
     h.assert_tree_matches(o, ws2.storage, expected)  # exact: no state file in storage
 
 
+def test_state_inside_storage_is_exit_2_naming_both(t):
+    """A state folder inside the storage folder (or the storage inside the
+    state) is a configuration error before anything runs: a rule named
+    `state` with a name hook returning `autorthanc.sqlite` could otherwise
+    replace the daemon's own ledger."""
+    o = t.orthanc("NESTED", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("st", tags=[("StudyDescription", "Study", "config")])
+    s = one_study(o)
+    inner = os.path.join(ws.storage, "state")
+    for state, storage in ((inner, ws.storage), (ws.state, os.path.join(ws.state, "exports"))):
+        for cmd in (["run", "--once"], ["status"]):
+            r = ws.run(cmd, env={"AUTORTHANC_STATE_DIR": state, "AUTORTHANC_STORAGE_DIR": storage},
+                       expect_rc=None)
+            assert r.rc == 2, f"{cmd}: exit {r.rc}:\n{out(r)}"
+            assert state in out(r) and storage in out(r) and "inside" in out(r), out(r)
+    assert not os.path.exists(inner), "the refused state folder was created"
+    assert not os.listdir(ws.storage), f"something was exported: {os.listdir(ws.storage)}"
+    ws.run_once()  # apart, it runs
+    h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "st/P50-CONF-EX1"))
+
+
 if __name__ == "__main__":
     h.main()

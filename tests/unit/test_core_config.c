@@ -462,6 +462,40 @@ static void test_password_never_shown(void)
     clear_env();
 }
 
+/* A state folder inside the storage folder (or the other way round, or the
+ * same folder, however spelt) is refused naming both: an export could
+ * replace the ledger. */
+static void test_nested_folders(void)
+{
+    struct { const char *state, *storage; int bad; } cases[] = {
+        {"/srv/ar/storage/state", "/srv/ar/storage", 1},
+        {"/srv/ar/storage", "/srv/ar/storage/sub/../", 1},
+        {"/srv/ar", "/srv/ar/storage", 1},
+        {"/srv/ar/./storage/x/..", "/srv/ar/storage", 1},
+        {"/srv/ar/state", "/srv/ar/storage", 0},
+        {"/srv/ar/storage-state", "/srv/ar/storage", 0},
+        {"state", "storage", 0},
+        {"storage/state", "storage", 1},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ar_config c;
+        char err[1024] = "";
+        clear_env();
+        setenv("AUTORTHANC_STATE_DIR", cases[i].state, 1);
+        setenv("AUTORTHANC_STORAGE_DIR", cases[i].storage, 1);
+        int rc = ar_config_load(&c, NULL, err, sizeof err);
+        if (cases[i].bad)
+            CHECK(rc == AR_ECONFIG && contains(err, "state_dir") && contains(err, "storage_dir") &&
+                      contains(err, "must not be one inside the other"),
+                  "state %s, storage %s refused: %s", cases[i].state, cases[i].storage, err);
+        else
+            CHECK(rc == AR_OK, "state %s, storage %s accepted: %s", cases[i].state,
+                  cases[i].storage, err);
+    }
+    unsetenv("AUTORTHANC_STATE_DIR");
+    unsetenv("AUTORTHANC_STORAGE_DIR");
+}
+
 int main(void)
 {
     snprintf(dir, sizeof dir, "/tmp/ar-config-XXXXXX");
@@ -475,6 +509,7 @@ int main(void)
     test_env();
     test_values();
     test_password_never_shown();
+    test_nested_folders();
     {
         int i;
         char p[128];
