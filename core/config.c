@@ -65,6 +65,7 @@ static const key_def keys[] = {
     { "orthanc_url", "AUTORTHANC_ORTHANC_URL", NULL, K_URL, STR_FIELD(orthanc_url), 0, 0 },
     { "orthanc_username", "AUTORTHANC_ORTHANC_USERNAME", NULL, K_USER, STR_FIELD(orthanc_username), 0, 0 },
     { "orthanc_password", "AUTORTHANC_ORTHANC_PASSWORD", NULL, K_SECRET, STR_FIELD(orthanc_password), 0, 0 },
+    { "orthanc_password_file", "AUTORTHANC_ORTHANC_PASSWORD_FILE", NULL, K_PATH, STR_FIELD(orthanc_password_file), 0, 0 },
     { "rules_dir", "AUTORTHANC_RULES_DIR", "ORTHANC_AUTOMATION_JSON_SCRIPTS_PATH", K_PATH, STR_FIELD(rules_dir), 0, 0 },
     { "storage_dir", "AUTORTHANC_STORAGE_DIR", "ORTHANC_AUTOMATION_STORAGE_PATH", K_PATH, STR_FIELD(storage_dir), 0, 0 },
     { "state_dir", "AUTORTHANC_STATE_DIR", NULL, K_PATH, STR_FIELD(state_dir), 0, 0 },
@@ -696,9 +697,93 @@ static int within(const char *a, const char *b)
     return strncmp(a, b, n) == 0 && (b[n] == '\0' || b[n] == '/');
 }
 
-static int check_all(const ar_config *c, char *err, size_t errlen)
+/* %XX sequences of s[0..n) decoded into out. */
+static int percent_decode(const char *s, size_t n, char *out, size_t outlen)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int c = (unsigned char)s[i];
+        if (c == '%' && i + 2 < n && isxdigit((unsigned char)s[i + 1]) &&
+            isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            c = (int)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (o + 1 >= outlen || c == 0)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* Move user:password@ of orthanc_url into the credential settings (ones
+ * set explicitly win) and keep the URL without them. */
+static int move_userinfo(ar_config *c, char *err, size_t errlen)
+{
+    char *host = strstr(c->orthanc_url, "://"), *end, *at, *colon;
+    char user[256], pass[256];
+    if (!host)
+        return AR_OK;
+    host += 3;
+    end = host + strcspn(host, "/?#");
+    at = memchr(host, '@', (size_t)(end - host));
+    if (!at)
+        return AR_OK;
+    while (memchr(at + 1, '@', (size_t)(end - at - 1)))
+        at = memchr(at + 1, '@', (size_t)(end - at - 1));
+    colon = memchr(host, ':', (size_t)(at - host));
+    if (percent_decode(host, (size_t)((colon ? colon : at) - host), user, sizeof user) ||
+        (colon && percent_decode(colon + 1, (size_t)(at - colon - 1), pass, sizeof pass)))
+        return ar_seterr(err, errlen, AR_ECONFIG,
+                         "configuration: orthanc_url: the user name or password in it is not valid");
+    if (!c->orthanc_username[0])
+        snprintf(c->orthanc_username, sizeof c->orthanc_username, "%s", user);
+    if (colon && !c->orthanc_password[0])
+        snprintf(c->orthanc_password, sizeof c->orthanc_password, "%s", pass);
+    memmove(host, at + 1, strlen(at + 1) + 1);
+    return AR_OK;
+}
+
+/* The first line of orthanc_password_file becomes the password. */
+static int read_password_file(ar_config *c, char *err, size_t errlen)
+{
+    FILE *f;
+    char line[sizeof c->orthanc_password + 2];
+    size_t n;
+    if (!c->orthanc_password_file[0])
+        return AR_OK;
+    if (c->orthanc_password[0])
+        return ar_seterr(err, errlen, AR_ECONFIG,
+                         "configuration: set orthanc_password or orthanc_password_file, not both");
+    f = fopen(c->orthanc_password_file, "r");
+    if (!f)
+        return ar_seterr(err, errlen, AR_ECONFIG, "configuration: orthanc_password_file %s: %s",
+                         c->orthanc_password_file, strerror(errno));
+    if (!fgets(line, sizeof line, f))
+        line[0] = '\0';
+    fclose(f);
+    n = strcspn(line, "\r\n");
+    if (n >= sizeof c->orthanc_password)
+        return ar_seterr(err, errlen, AR_ECONFIG,
+                         "configuration: orthanc_password_file %s: the password is longer than %zu bytes",
+                         c->orthanc_password_file, sizeof c->orthanc_password - 1);
+    if (n == 0)
+        return ar_seterr(err, errlen, AR_ECONFIG,
+                         "configuration: orthanc_password_file %s is empty",
+                         c->orthanc_password_file);
+    memcpy(c->orthanc_password, line, n);
+    c->orthanc_password[n] = '\0';
+    memset(line, 0, sizeof line);
+    return AR_OK;
+}
+
+static int check_all(ar_config *c, char *err, size_t errlen)
 {
     char state[AR_PATH_LEN + 8], storage[AR_PATH_LEN + 8];
+    int rc;
+    if ((rc = move_userinfo(c, err, errlen)) || (rc = read_password_file(c, err, errlen)))
+        return rc;
     if (c->retry_max < c->retry_initial)
         return ar_seterr(err, errlen, AR_ECONFIG,
                          "configuration: retry_max (%g) must not be less than retry_initial (%g)",

@@ -9,6 +9,11 @@
  *   orthanc_url           AUTORTHANC_ORTHANC_URL                        http://localhost:8042
  *   orthanc_username      AUTORTHANC_ORTHANC_USERNAME                   ""
  *   orthanc_password      AUTORTHANC_ORTHANC_PASSWORD                   ""
+ *   orthanc_password_file AUTORTHANC_ORTHANC_PASSWORD_FILE (a Docker or
+ *                         systemd secret; its first line is the password)  ""
+ *   (credentials in orthanc_url, http://user:pass@host, are moved into
+ *   orthanc_username/orthanc_password at load: the URL kept and shown never
+ *   holds them)
  *   rules_dir             AUTORTHANC_RULES_DIR,
  *                         ORTHANC_AUTOMATION_JSON_SCRIPTS_PATH (alias)  ./rules
  *   storage_dir           AUTORTHANC_STORAGE_DIR,
@@ -54,6 +59,7 @@ typedef struct ar_config {
     char orthanc_url[1024];
     char orthanc_username[256];
     char orthanc_password[256];
+    char orthanc_password_file[AR_PATH_LEN]; /* "" none; read once at load */
     char rules_dir[AR_PATH_LEN];
     char storage_dir[AR_PATH_LEN];
     char state_dir[AR_PATH_LEN];

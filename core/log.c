@@ -7,6 +7,10 @@
  * Text lines escape control characters (\n, \t, \xNN) so one event is always
  * one line; values with spaces, quotes or '=' are written in double quotes.
  * errno is preserved across ar_log() so callers may log before using it.
+ * A password in a URL ("scheme://user:secret@") never reaches a line: the
+ * message and the path field are redacted to "scheme://user:***@" (the
+ * configuration strips credentials from orthanc_url already; this catches
+ * any URL that carries them anyway).
  */
 #include "log.h"
 
@@ -204,6 +208,30 @@ static void write_all(const char *buf, size_t len)
     }
 }
 
+/* Replace the password of every "://user:password@" in s (in place; s
+ * holds cap bytes). */
+static void redact_userinfo(char *s, size_t cap)
+{
+    char *p = s;
+    while ((p = strstr(p, "://")) != NULL) {
+        char *host = p + 3, *end = host + strcspn(host, "/?# \"'\t\n"), *at = NULL, *q, *colon;
+        for (q = host; q < end; q++)
+            if (*q == '@')
+                at = q;
+        colon = at ? memchr(host, ':', (size_t)(at - host)) : NULL;
+        if (colon && !(at - colon - 1 == 3 && !strncmp(colon + 1, "***", 3))) {
+            size_t tail = strlen(at) + 1;
+            if ((size_t)(colon + 4 - s) + tail > cap)
+                tail = cap - (size_t)(colon + 4 - s); /* a cut line: keep it terminated */
+            memmove(colon + 4, at, tail);
+            memcpy(colon + 1, "***", 3);
+            s[cap - 1] = '\0';
+            end = colon + 4;
+        }
+        p = end;
+    }
+}
+
 void ar_log(int level, const char *event, const ar_log_fields *f, const char *fmt, ...)
 {
     int saved_errno = errno;
@@ -232,6 +260,7 @@ void ar_log(int level, const char *event, const ar_log_fields *f, const char *fm
         va_start(ap, fmt);
         vsnprintf(msg, sizeof msg, fmt, ap);
         va_end(ap);
+        redact_userinfo(msg, sizeof msg);
     }
     if (!event || !*event)
         event = "log";

@@ -187,6 +187,51 @@ def test_password_never_printed(t):
             assert secret not in out(r), f"{what}: the password appears in the output:\n{out(r)}"
 
 
+def test_credentials_in_the_url_and_from_a_file_never_show(t):
+    """http://user:pass@host works (the credentials move out of the URL at
+    load) and the password shows nowhere: not in the start line, `status`,
+    `status --json`, status.json or the ledger; the same password read from
+    a file (a Docker or systemd secret)."""
+    from urllib.parse import quote
+    o = t.orthanc("URLAUTH", dicom=False, auth=("arbot", PASSWORD))
+    ws = t.workspace(o)
+    ws.rule("secure", tags=[("StudyDescription", "Study", "config")])
+    s = one_study(o)
+    host = o.url.split("://", 1)[1]
+    url = f"http://arbot:{quote(PASSWORD, safe='')}@{host}"
+    env = {"AUTORTHANC_ORTHANC_URL": url, "AUTORTHANC_ORTHANC_USERNAME": None,
+           "AUTORTHANC_ORTHANC_PASSWORD": None, "AUTORTHANC_LOG_LEVEL": "debug"}
+    runs = [ws.run_once(env=env)]
+    h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "secure/P50-CONF-EX1"))
+    runs.append(ws.run(["status"], env=env, expect_rc=0))
+    runs.append(ws.run(["status", "--json"], env=env, expect_rc=0))
+    assert "http://" + host in out(runs[-1]), out(runs[-1])
+    secret_file = os.path.join(t.tmp, "orthanc-password")
+    with open(secret_file, "w") as f:
+        f.write(PASSWORD + "\n")
+    env2 = {"AUTORTHANC_ORTHANC_PASSWORD_FILE": secret_file, "AUTORTHANC_ORTHANC_PASSWORD": None,
+            "AUTORTHANC_LOG_LEVEL": "debug", "AUTORTHANC_STATE_DIR": os.path.join(t.tmp, "st2"),
+            "AUTORTHANC_STORAGE_DIR": os.path.join(t.tmp, "storage2")}
+    runs.append(ws.run_once(env=env2))
+    h.assert_tree_matches(o, os.path.join(t.tmp, "storage2"),
+                          h.expected_files(o, s["study"], "secure/P50-CONF-EX1"))
+    r = ws.run(["run", "--once"], env=dict(env2, AUTORTHANC_ORTHANC_PASSWORD="x"), expect_rc=2)
+    assert "not both" in out(r), out(r)
+    r = ws.run(["run", "--once"], env=dict(env2, AUTORTHANC_ORTHANC_PASSWORD_FILE="/nonexistent/pw"),
+               expect_rc=2)
+    assert "/nonexistent/pw" in out(r), out(r)
+    files = []
+    for root in (ws.state, os.path.join(t.tmp, "st2")):
+        for rel in h.walk_tree(root)[0]:
+            with open(os.path.join(root, rel), "rb") as f:
+                files.append((rel, f.read()))
+    for secret in (PASSWORD, quote(PASSWORD, safe=""), "Secret-7Qz"):
+        for r in runs:
+            assert secret not in out(r), f"the password appears in the output:\n{out(r)}"
+        for rel, data in files:
+            assert secret.encode() not in data, f"the password is in {rel}"
+
+
 def test_help_and_version(t):
     r = run(t, ["--help"])
     assert r.rc == 0, out(r)
