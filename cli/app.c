@@ -56,6 +56,17 @@ int ar_app_open_state(ar_app *a)
     return AR_EXIT_OK;
 }
 
+int ar_app_open_existing_state(ar_app *a)
+{
+    char err[1024] = "";
+    int rc = ar_state_open_existing(a->cfg.state_dir, &a->state, err, sizeof err);
+    if (rc) {
+        fprintf(stderr, "autorthanc: %s\n", err);
+        return AR_EXIT_USAGE;
+    }
+    return AR_EXIT_OK;
+}
+
 int ar_app_open_engine(ar_app *a)
 {
     char err[1024] = "";
@@ -77,7 +88,7 @@ int ar_app_load_rules(ar_app *a)
     a->rules_sig = ar_dirsig(a->cfg.rules_dir, rule_suffixes);
     if (ar_engine_load_rules_dir(a->engine, a->cfg.rules_dir, err, sizeof err)) {
         ar_log(AR_LOG_ERROR, "rules.load", NULL, "%s", err);
-        return AR_EXIT_FAIL;
+        return AR_EXIT_USAGE; /* the rules folder itself: a configuration error */
     }
     a->rules_gen++; /* the workers load the same folder again */
     size_t n = ar_engine_rule_count(a->engine), good = 0;

@@ -40,8 +40,12 @@ int ar_app_config(ar_app *a, const char *config_path);
 ar_http_opts ar_app_http_opts(const ar_app *a);
 int ar_app_open_http(ar_app *a);
 int ar_app_open_state(ar_app *a);
+/* The ledger only if it exists (jobs, retry, history: never create one);
+ * AR_EXIT_USAGE with a message naming the folder otherwise. */
+int ar_app_open_existing_state(ar_app *a);
 int ar_app_open_engine(ar_app *a);
-/* (Re)load every rule of the rules folder, logging each broken one once. */
+/* (Re)load every rule of the rules folder, logging each broken one once.
+ * AR_EXIT_USAGE when the folder itself cannot be read. */
 int ar_app_load_rules(ar_app *a);
 /* Reload when the rules folder changed since the last load (or forced). */
 void ar_app_maybe_reload_rules(ar_app *a, int force);

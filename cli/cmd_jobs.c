@@ -43,7 +43,7 @@ int ar_cmd_jobs(int argc, char **argv)
     memset(&a, 0, sizeof a);
     if ((code = ar_app_config(&a, o.config)))
         return code;
-    if ((code = ar_app_open_state(&a)))
+    if ((code = ar_app_open_existing_state(&a)))
         goto out;
     int filter = ar_opts_has(&o, "--failed") ? AR_JOB_FAILED
                  : ar_opts_has(&o, "--pending") ? AR_JOB_PENDING : -1;
@@ -91,15 +91,34 @@ int ar_cmd_retry(int argc, char **argv)
     memset(&a, 0, sizeof a);
     if ((code = ar_app_config(&a, o.config)))
         return code;
-    if ((code = ar_app_open_state(&a)))
+    if ((code = ar_app_open_existing_state(&a)))
         goto out;
     if (ar_state_job_requeue(a.state, id, &count, err, sizeof err)) {
         fprintf(stderr, "autorthanc retry: %s\n", err);
         code = AR_EXIT_FAIL;
         goto out;
     }
+    if (!all && count == 0) {
+        /* say why: an unknown id, or a job that is not failed */
+        ar_job *jobs = NULL;
+        size_t n = 0, i;
+        const ar_job *j = NULL;
+        if (ar_state_list_jobs(a.state, -1, &jobs, &n, err, sizeof err) == 0)
+            for (i = 0; i < n && !j; i++)
+                if (jobs[i].id == id)
+                    j = &jobs[i];
+        if (!j)
+            fprintf(stderr, "autorthanc retry: no job %" PRId64 " in the ledger of %s "
+                    "(`autorthanc jobs` lists them)\n", id, a.cfg.state_dir);
+        else
+            fprintf(stderr, "autorthanc retry: job %" PRId64 " is %s, not failed: nothing to retry\n",
+                    id, status_name(j->status));
+        free(jobs);
+        code = AR_EXIT_FAIL;
+        goto out;
+    }
     printf("%d job(s) requeued\n", count);
-    code = (!all && count == 0) ? AR_EXIT_FAIL : AR_EXIT_OK;
+    code = AR_EXIT_OK;
 out:
     ar_app_close(&a);
     return code;

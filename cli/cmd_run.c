@@ -33,13 +33,13 @@ int ar_cmd_run(int argc, char **argv)
     if ((code = ar_app_config(&a, o.config)))
         return code;
     ar_signals_install(&a);
-    if ((code = ar_app_open_http(&a)) || (code = ar_app_open_state(&a)) ||
-        (code = ar_app_open_engine(&a)))
+    if ((code = ar_app_open_http(&a)) || (code = ar_app_open_engine(&a)))
         goto out;
     ar_log(AR_LOG_INFO, "start", NULL, "autorthanc %s watching %s, rules %s, storage %s%s",
            AR_VERSION, a.cfg.orthanc_url, a.cfg.rules_dir, a.cfg.storage_dir,
            once ? " (once)" : "");
-    if ((code = ar_app_load_rules(&a)))
+    /* the rules folder first: a wrong one creates no state folder */
+    if ((code = ar_app_load_rules(&a)) || (code = ar_app_open_state(&a)))
         goto out;
     int rc = ar_daemon_run(&a, once, &st);
     if (once)

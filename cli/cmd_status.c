@@ -1,10 +1,17 @@
 /* cmd_status.c - `autorthanc status`: can we reach Orthanc, where are we in
- * its change log, how are the rules and the jobs.  Exit 0 when Orthanc answers. */
+ * its change log, how are the rules and the jobs.  Exit 0 only when
+ * everything the daemon needs works: Orthanc answers, the rules folder
+ * reads, the storage folder is writable and the state database opens (it
+ * is the container's health check).  It never creates a state folder. */
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "../core/err.h"
+#include "../core/orthanc.h"
 #include "../core/orthanc_json.h"
 #include "app.h"
 #include "opts.h"
@@ -15,7 +22,8 @@ static const char status_usage[] =
     "\n"
     "Print Orthanc's reachability and version, our position in its change log\n"
     "versus its last change, rules loaded/broken and job counts.  Exit 0 when\n"
-    "Orthanc answers, 1 otherwise (usable as a health check).\n";
+    "Orthanc answers, the rules folder reads, the storage folder is writable and\n"
+    "the state database opens; 1 otherwise, naming the problem (a health check).\n";
 
 int ar_cmd_status(int argc, char **argv)
 {
@@ -32,7 +40,8 @@ int ar_cmd_status(int argc, char **argv)
     if ((code = ar_app_open_http(&a)))
         goto out;
     int reachable = 0;
-    if (ar_http_get(a.http, "/system", &b, orthanc_err, sizeof orthanc_err) == 0 &&
+    int sys_rc = ar_orthanc_system(a.http, &b, orthanc_err, sizeof orthanc_err);
+    if (sys_rc == 0 &&
         ar_ojson_get(b.data, b.len, "Version", version, sizeof version, orthanc_err,
                      sizeof orthanc_err) == 0) {
         reachable = 1;
@@ -42,12 +51,20 @@ int ar_cmd_status(int argc, char **argv)
     }
     ar_buf_free(&b);
 
-    ar_app_open_state(&a);
+    /* what else the daemon needs */
+    char problems[3][4400];
+    int np = 0;
+    if (ar_state_open_existing(a.cfg.state_dir, &a.state, err, sizeof err))
+        snprintf(problems[np++], sizeof problems[0], "state: %s", err);
     if (ar_app_open_engine(&a) == 0 &&
         ar_engine_load_rules_dir(a.engine, a.cfg.rules_dir, err, sizeof err) != 0) {
+        snprintf(problems[np++], sizeof problems[0], "rules: %s", err);
         ar_engine_free(a.engine);
         a.engine = NULL;
     }
+    if (access(a.cfg.storage_dir, W_OK | X_OK) != 0)
+        snprintf(problems[np++], sizeof problems[0], "storage: %s is not writable: %s",
+                 a.cfg.storage_dir, strerror(errno));
     ar_status_in in = {.reachable = reachable, .version = version, .last_change = last,
                        .orthanc_error = orthanc_err};
     char *json = NULL;
@@ -65,7 +82,8 @@ int ar_cmd_status(int argc, char **argv)
             printf("orthanc   %s: reachable, version %s, last change %s\n", a.cfg.orthanc_url,
                    version, last[0] ? last : "?");
         else
-            printf("orthanc   %s: UNREACHABLE: %s\n", a.cfg.orthanc_url, orthanc_err);
+            printf("orthanc   %s: %s: %s\n", a.cfg.orthanc_url,
+                   sys_rc == AR_ENET ? "UNREACHABLE" : "REFUSED", orthanc_err);
         printf("position  %" PRId64 "%s\n", c.cursor, c.has_cursor ? "" : " (never ran)");
         printf("rules     %zu loaded, %zu broken (%s)\n", c.rules - c.broken, c.broken,
                a.cfg.rules_dir);
@@ -93,7 +111,9 @@ int ar_cmd_status(int argc, char **argv)
             }
         free(recent);
     }
-    code = reachable ? AR_EXIT_OK : AR_EXIT_FAIL;
+    for (int i = 0; i < np; i++)
+        fprintf(ar_opts_has(&o, "--json") ? stderr : stdout, "problem   %s\n", problems[i]);
+    code = reachable && np == 0 ? AR_EXIT_OK : AR_EXIT_FAIL;
 out:
     ar_app_close(&a);
     return code;

@@ -48,11 +48,44 @@ out:
     return rc;
 }
 
+/* A refusal of the whole REST API said as what to fix: 401/403 are the
+ * credentials, 404 on a path every Orthanc answers is the URL (a wrong
+ * prefix).  Other failures keep their message. */
+static int explain(ar_http *h, const char *path, const ar_buf *b, int rc, char *err,
+                   size_t errlen)
+{
+    const char *user = ar_http_username(h);
+    if (rc == AR_OK)
+        return rc;
+    if (b->status == 401 || b->status == 403) {
+        if (user && *user)
+            return ar_seterr(err, errlen, AR_EHTTP,
+                             "Orthanc at %s refused the credentials of user '%s' (HTTP %ld on %s): "
+                             "check orthanc_username / orthanc_password",
+                             ar_http_base(h), user, b->status, path);
+        return ar_seterr(err, errlen, AR_EHTTP,
+                         "Orthanc at %s asks for credentials (HTTP %ld on %s): set orthanc_username "
+                         "and orthanc_password",
+                         ar_http_base(h), b->status, path);
+    }
+    if (b->status == 404)
+        return ar_seterr(err, errlen, AR_EHTTP,
+                         "no Orthanc REST API at %s (HTTP 404 on %s): is orthanc_url right, "
+                         "with its prefix?",
+                         ar_http_base(h), path);
+    return rc;
+}
+
 int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen)
 {
     char path[128];
     snprintf(path, sizeof path, "/changes?since=%" PRId64 "&limit=%d", since, limit);
-    return ar_http_get(h, path, out, err, errlen);
+    return explain(h, "/changes", out, ar_http_get(h, path, out, err, errlen), err, errlen);
+}
+
+int ar_orthanc_system(ar_http *h, ar_buf *out, char *err, size_t errlen)
+{
+    return explain(h, "/system", out, ar_http_get(h, "/system", out, err, errlen), err, errlen);
 }
 
 int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen)
@@ -69,7 +102,7 @@ int ar_orthanc_answers(ar_http *h)
 {
     char err[512];
     ar_buf b = {0};
-    int rc = ar_http_get(h, "/system", &b, err, sizeof err);
+    int rc = ar_orthanc_system(h, &b, err, sizeof err);
     ar_buf_free(&b);
     return rc == AR_OK;
 }

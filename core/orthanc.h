@@ -1,7 +1,7 @@
 /* orthanc.h - the Orthanc REST calls the daemon makes, as raw answers.
  *
  * URLs and HTTP here; transport answers are decoded by orthanc_json.h, a
- * study's answers by the rule engine, forwards live in forward.h.  A study
+ * study's answers by snapshot.h, forwards live in forward.h.  A study
  * snapshot always costs exactly three requests, whatever the number of
  * series, instances or rules.
  */
@@ -25,7 +25,12 @@ int ar_orthanc_valid_id(const char *id);
 
 int ar_orthanc_fetch_study(ar_http *h, const char *study_id, ar_study_answers *out,
                            char *err, size_t errlen);
+/* /changes and /system say what to fix when Orthanc refuses the whole API:
+ * "refused the credentials of user 'x' ... check orthanc_username /
+ * orthanc_password" (401/403), "no Orthanc REST API at URL ... prefix"
+ * (404); AR_EHTTP for both. */
 int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen);
+int ar_orthanc_system(ar_http *h, ar_buf *out, char *err, size_t errlen);
 int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen);
 
 /* Does Orthanc answer at all (GET /system)?  Tells one request's trouble

@@ -317,6 +317,22 @@ out:
     return rc;
 }
 
+int ar_state_open_existing(const char *state_dir, ar_state **out, char *err, size_t errlen)
+{
+    char path[4200];
+    struct stat sb;
+    *out = NULL;
+    if (!state_dir || !state_dir[0])
+        return ar_seterr(err, errlen, AR_ECONFIG, "state folder: no path given");
+    snprintf(path, sizeof path, "%s/" DB_NAME, state_dir);
+    if (stat(path, &sb) != 0)
+        return ar_seterr(err, errlen, AR_ENOTFOUND,
+                         "no state database in %s (%s): autorthanc has not run with this "
+                         "state_dir; check AUTORTHANC_STATE_DIR or --config",
+                         state_dir, strerror(errno));
+    return ar_state_open(state_dir, out, err, errlen);
+}
+
 int ar_state_open(const char *state_dir, ar_state **out, char *err, size_t errlen)
 {
     int rc = AR_EIO, i;

@@ -50,6 +50,10 @@ typedef struct ar_job {
 
 /* Creates state_dir (mode 0700) and the database if missing. */
 int ar_state_open(const char *state_dir, ar_state **out, char *err, size_t errlen);
+/* Opens the database only when it exists (commands that read or change the
+ * ledger never create one): AR_ENOTFOUND "no state database in ..." when
+ * it does not. */
+int ar_state_open_existing(const char *state_dir, ar_state **out, char *err, size_t errlen);
 void ar_state_close(ar_state *st);
 
 /* *has is 0 when no cursor was ever saved. */

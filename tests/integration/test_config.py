@@ -314,5 +314,69 @@ def test_state_inside_storage_is_exit_2_naming_both(t):
     h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "st/P50-CONF-EX1"))
 
 
+def test_honest_exits_and_no_stray_state_folder(t):
+    """`status` (the container's health check) fails, naming the problem,
+    when the rules folder is missing, the storage folder is not writable or
+    there is no state database; `run --once` with a missing rules folder is
+    exit 2; `jobs` and `retry` in a wrong folder never create one; `retry`
+    of an unknown job says so."""
+    o = t.orthanc("EXITS", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("st", tags=[("StudyDescription", "Study", "config")])
+    one_study(o)
+    missing_rules = os.path.join(t.tmp, "no-rules")
+    fresh_state = os.path.join(t.tmp, "fresh-state")
+    r = ws.run(["run", "--once"], env={"AUTORTHANC_RULES_DIR": missing_rules,
+                                       "AUTORTHANC_STATE_DIR": fresh_state})
+    assert r.rc == 2 and missing_rules in out(r), f"exit {r.rc}:\n{out(r)}"
+    assert not os.path.exists(fresh_state), "a run that could not start created a state folder"
+    r = ws.run(["status"], env={"AUTORTHANC_STATE_DIR": fresh_state})
+    assert r.rc == 1 and "problem   state: no state database in " + fresh_state in out(r), out(r)
+    assert not os.path.exists(fresh_state), "status created a state folder"
+    ws.run_once()
+    r = ws.run(["status"], expect_rc=0)
+    assert "problem" not in out(r), out(r)
+    r = ws.run(["status"], env={"AUTORTHANC_RULES_DIR": missing_rules})
+    assert r.rc == 1 and "problem   rules:" in out(r) and missing_rules in out(r), out(r)
+    not_a_dir = os.path.join(t.tmp, "storage-is-a-file")
+    with open(not_a_dir, "w") as f:
+        f.write("x")
+    r = ws.run(["status", "--json"], env={"AUTORTHANC_STORAGE_DIR": not_a_dir})
+    assert r.rc == 1 and "problem   storage: " + not_a_dir + " is not writable" in r.stderr, out(r)
+    elsewhere = os.path.join(t.tmp, "elsewhere")
+    os.makedirs(elsewhere)
+    for cmd in (["jobs"], ["jobs", "--failed"], ["retry", "--all"], ["retry", "1"]):
+        r = h.run_autorthanc(cmd, env=ws.env(AUTORTHANC_STATE_DIR=None), cwd=elsewhere)
+        assert r.rc == 2 and "no state database in" in out(r), f"{cmd}: exit {r.rc}:\n{out(r)}"
+    assert os.listdir(elsewhere) == [], f"a state folder appeared: {os.listdir(elsewhere)}"
+    r = ws.run(["retry", "99"])
+    assert r.rc == 1 and "no job 99 in the ledger" in out(r), out(r)
+    r = ws.run(["retry", "1"])
+    assert r.rc == 1 and "job 1 is done, not failed" in out(r), out(r)
+
+
+def test_refusals_say_what_to_fix(t):
+    """Orthanc answered, so it is not "unreachable": a wrong password names
+    the user and the settings to check, no credentials asks for them, a
+    wrong prefix says there is no REST API at that URL."""
+    o = t.orthanc("REFUSE", dicom=False, auth=("arbot", PASSWORD))
+    ws = t.workspace(o)
+    ws.rule("st", tags=[("StudyDescription", "Study", "config")])
+    cases = (
+        ({"AUTORTHANC_ORTHANC_PASSWORD": "wrong"},
+         "refused the credentials of user 'arbot'", "check orthanc_username / orthanc_password"),
+        ({"AUTORTHANC_ORTHANC_USERNAME": None, "AUTORTHANC_ORTHANC_PASSWORD": None},
+         "asks for credentials", "set orthanc_username and orthanc_password"),
+        ({"AUTORTHANC_ORTHANC_URL": o.url + "/orthanc"},
+         "no Orthanc REST API at " + o.url + "/orthanc", "prefix"),
+    )
+    for env, what, fix in cases:
+        r = ws.run(["status"], env=env)
+        assert r.rc == 1 and "REFUSED" in out(r) and what in out(r) and fix in out(r), out(r)
+        assert "UNREACHABLE" not in out(r), out(r)
+        r = ws.run(["run", "--once"], env=env)
+        assert r.rc == 1 and what in out(r) and fix in out(r), f"exit {r.rc}:\n{out(r)}"
+
+
 if __name__ == "__main__":
     h.main()
