@@ -8,6 +8,7 @@
 #include "../core/err.h"
 #include "../core/log.h"
 #include "../core/orthanc.h"
+#include "../core/statelock.h"
 
 static const char *const rule_suffixes[] = {".json", ".lua", NULL};
 
@@ -64,6 +65,18 @@ int ar_app_open_existing_state(ar_app *a)
         fprintf(stderr, "autorthanc: %s\n", err);
         return AR_EXIT_USAGE;
     }
+    return AR_EXIT_OK;
+}
+
+int ar_app_lock_state(ar_app *a)
+{
+    char err[1024] = "";
+    int fd = -1;
+    if (ar_statelock_take(a->cfg.state_dir, &fd, err, sizeof err)) {
+        ar_log(AR_LOG_ERROR, "state.locked", NULL, "%s", err);
+        return AR_EXIT_USAGE;
+    }
+    a->lock_fd = fd;
     return AR_EXIT_OK;
 }
 
@@ -187,6 +200,9 @@ void ar_app_close(ar_app *a)
         ar_state_close(a->state);
     if (a->http)
         ar_http_free(a->http);
+    if (a->lock_fd > 0)
+        ar_statelock_release(a->lock_fd);
+    a->lock_fd = 0;
     a->engine = NULL;
     a->state = NULL;
     a->http = NULL;

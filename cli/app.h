@@ -32,6 +32,7 @@ typedef struct ar_app {
     /* optional progress of a download job (`fire` draws a bar with it) */
     void (*progress)(void *ud, size_t files_done, size_t files_total, long long bytes_done);
     void *progress_ud;
+    int lock_fd;                 /* the daemon's hold on its state folder (held: > 0) */
 } ar_app;
 
 /* Load configuration (path may be NULL) and set up logging.  AR_EXIT_USAGE on error. */
@@ -44,6 +45,9 @@ int ar_app_open_state(ar_app *a);
  * AR_EXIT_USAGE with a message naming the folder otherwise. */
 int ar_app_open_existing_state(ar_app *a);
 int ar_app_open_engine(ar_app *a);
+/* The daemon's exclusive hold on its state folder (core/statelock.h):
+ * AR_EXIT_USAGE naming the other daemon's pid when one holds it. */
+int ar_app_lock_state(ar_app *a);
 /* (Re)load every rule of the rules folder, logging each broken one once.
  * AR_EXIT_USAGE when the folder itself cannot be read. */
 int ar_app_load_rules(ar_app *a);

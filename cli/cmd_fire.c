@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "../core/clock.h"
+#include "../core/statelock.h"
 #include "../core/orthanc_json.h"
 #include "../core/err.h"
 #include "app.h"
@@ -64,6 +65,81 @@ static int current_cursor(ar_app *a, int64_t *cursor, char *err, size_t errlen)
     return AR_OK;
 }
 
+/* The jobs fire recorded (change_seq == seq), found in the ledger list. */
+static const ar_job *find_recorded(const ar_job *list, size_t n, const ar_job *want, int64_t seq)
+{
+    for (size_t m = 0; m < n; m++)
+        if (list[m].change_seq == seq && !strcmp(list[m].rule, want->rule) &&
+            !strcmp(list[m].resource_id, want->resource_id))
+            return &list[m];
+    return NULL;
+}
+
+/* A daemon holds the state folder: it runs the jobs (queued urgent); wait
+ * for each to end and report it as if run here.  Ctrl-C stops waiting (the
+ * jobs stay queued). */
+static int wait_for_daemon(ar_app *a, const ar_job *want, size_t nwant, const ar_job *listed,
+                           size_t nlisted, int64_t seq)
+{
+    int64_t ids[64];
+    int finished[64] = {0}, failed = 0;
+    size_t n = 0, left, k;
+    char err[1024];
+
+    for (k = 0; k < nwant && n < 64; k++) {
+        const ar_job *j = find_recorded(listed, nlisted, &want[k], seq);
+        if (j)
+            ids[n++] = j->id;
+    }
+    printf("the daemon (pid %ld) runs on this state folder: %zu job(s) handed to it, "
+           "first in their lanes; waiting (Ctrl-C stops waiting, the jobs stay queued)\n",
+           ar_statelock_holder(a->cfg.state_dir), n);
+    fflush(stdout);
+    for (left = n; left > 0;) {
+        ar_job *all = NULL;
+        size_t nall = 0;
+        struct timespec ts = {0, 200 * 1000 * 1000};
+        if (a->stop && *a->stop) {
+            printf("stopped waiting: %zu job(s) stay queued for the daemon\n", left);
+            return AR_EXIT_FAIL;
+        }
+        if (ar_state_list_jobs(a->state, -1, &all, &nall, err, sizeof err)) {
+            fprintf(stderr, "autorthanc fire: %s\n", err);
+            return AR_EXIT_FAIL;
+        }
+        for (k = 0; k < n; k++) {
+            const ar_job *j = NULL;
+            if (finished[k])
+                continue;
+            for (size_t m = 0; m < nall && !j; m++)
+                if (all[m].id == ids[k])
+                    j = &all[m];
+            if (!j || j->status == AR_JOB_PENDING)
+                continue;
+            finished[k] = 1;
+            left--;
+            if (j->status == AR_JOB_DONE && !strcmp(j->action, "forward"))
+                printf("%s: job %" PRId64 " done: %s %s forwarded\n", j->rule, j->id, j->level,
+                       j->resource_id);
+            else if (j->status == AR_JOB_DONE)
+                printf("%s: job %" PRId64 " done: exported to %s\n", j->rule, j->id, j->path);
+            else {
+                printf("%s: job %" PRId64 " %s: %s\n", j->rule, j->id,
+                       j->status == AR_JOB_GONE ? "gone" : "failed", j->last_error);
+                failed = 1;
+            }
+        }
+        free(all);
+        if (left && ar_statelock_holder(a->cfg.state_dir) == 0) {
+            printf("the daemon stopped: %zu job(s) stay queued for its next run\n", left);
+            return AR_EXIT_FAIL;
+        }
+        if (left)
+            nanosleep(&ts, NULL); /* the ledger is polled: another process writes it */
+    }
+    return failed ? AR_EXIT_FAIL : AR_EXIT_OK;
+}
+
 int ar_cmd_fire(int argc, char **argv)
 {
     const char *config = NULL, *rule_name = NULL, *ref = NULL;
@@ -110,6 +186,15 @@ int ar_cmd_fire(int argc, char **argv)
     if ((code = ar_app_open_http(&a)) || (code = ar_app_open_state(&a)) ||
         (code = ar_app_open_engine(&a)))
         goto out;
+    /* Run the jobs here only while holding the state folder (a daemon
+     * starting meanwhile waits its turn); when a daemon holds it, hand them
+     * over through the ledger. */
+    {
+        int fd = -1;
+        char lerr[1024];
+        if (ar_statelock_take(a.cfg.state_dir, &fd, lerr, sizeof lerr) == AR_OK)
+            a.lock_fd = fd;
+    }
     code = AR_EXIT_USAGE;
     if (ar_tool_load_rules(&a, &rule_name, rule_name ? 1 : 0, &idx, &nidx, err, sizeof err)) {
         fprintf(stderr, "autorthanc fire: %s\n", err);
@@ -166,7 +251,7 @@ int ar_cmd_fire(int argc, char **argv)
         snprintf(j->study_id, sizeof j->study_id, "%s", study_id);
         snprintf(j->action, sizeof j->action, "%s", r->action);
         ar_rule_lane(r, j->lane, sizeof j->lane);
-        j->priority = r->priority;
+        j->priority = AR_PRIORITY_URGENT; /* asked for now: first in its lane */
         j->change_seq = seq;
     }
     if (njobs == 0) {
@@ -185,6 +270,11 @@ int ar_cmd_fire(int argc, char **argv)
         goto out;
     }
     int failed = 0;
+    if (a.lock_fd <= 0) {
+        /* a daemon runs on this state folder: it runs the jobs, we wait */
+        code = wait_for_daemon(&a, jobs, njobs, listed, nlisted, seq);
+        goto out;
+    }
     for (size_t k = 0; k < njobs; k++) {
         ar_job *j = NULL;
         for (size_t m = 0; m < nlisted && !j; m++)

@@ -39,7 +39,8 @@ int ar_cmd_run(int argc, char **argv)
            AR_VERSION, a.cfg.orthanc_url, a.cfg.rules_dir, a.cfg.storage_dir,
            once ? " (once)" : "");
     /* the rules folder first: a wrong one creates no state folder */
-    if ((code = ar_app_load_rules(&a)) || (code = ar_app_open_state(&a)))
+    if ((code = ar_app_load_rules(&a)) || (code = ar_app_open_state(&a)) ||
+        (code = ar_app_lock_state(&a)))
         goto out;
     int rc = ar_daemon_run(&a, once, &st);
     if (once)

@@ -7,6 +7,8 @@ poll), and stops cleanly with exit 0 on SIGTERM and on SIGINT."""
 import os
 import signal
 import sys
+import threading
+import time
 
 sys.path.insert(0, os.path.join(os.environ.get("AR_SOURCE_DIR", os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..")), "tests", "lib"))
@@ -102,6 +104,74 @@ def test_rules_reloaded_without_restart(t):
     # once, or at most once per later change of the rules folder (3 here) -
     # never once per poll (~30 polls happened)
     assert 1 <= n <= 4, f"broken rule reported {n} times:\n{h.tail(err, 60)}"
+
+
+def test_one_daemon_per_state_folder_and_fire_hands_over(t):
+    """A second daemon on the same state folder refuses to start, naming the
+    first one's pid (and its start-up clean-up touches nothing); `fire`
+    while the daemon runs hands the job to the daemon through the ledger and
+    reports its outcome: the study is exported once, complete, and a watcher
+    never sees a partial tree under the final name."""
+    o = t.orthanc("ONEOWNER", dicom=False)
+    ws = t.workspace(o)
+    ws.rule("live", tags=[("StudyDescription", "Study", "daemon")])
+    ws.rule("push", tags=[("StudyDescription", "Study", "manual")], active=False)
+    d = t.daemon(["run"], env=ws.env(), cwd=ws.root)
+    lock = os.path.join(ws.state, "autorthanc.lock")
+
+    def holding():
+        if not d.alive():
+            raise h.HarnessError(f"daemon exited:\n{h.tail(d.stderr())}")
+        try:
+            with open(lock) as f:
+                return f.read().strip() == str(d.proc.pid)
+        except FileNotFoundError:
+            return False
+    h.wait_for(holding, 30, "the daemon to hold its state folder")
+    # an export in progress elsewhere in the storage folder: not the second daemon's to remove
+    stray = os.path.join(ws.storage, "live", "SOMEONE-ELSE.WORKING")
+    os.makedirs(stray)
+    r = ws.run(["run", "--once"])
+    assert r.rc == 2 and f"another autorthanc (pid {d.proc.pid})" in r.stderr, \
+        f"exit {r.rc}:\n{h.tail(r.stderr)}"
+    assert os.path.isdir(stray), "the refused daemon cleaned up the storage folder"
+    os.rmdir(stray)
+
+    s = study(o, "P66", desc="MANUAL", n=40)
+    final = os.path.join(ws.storage, "push", "P66-RUN-EX1")
+    seen, stop = [], threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            if os.path.isdir(final):
+                seen.append(sum(len(fs) for _, _, fs in os.walk(final)))
+            time.sleep(0.001)
+    w = threading.Thread(target=watch, daemon=True)
+    w.start()
+    r = ws.run(["fire", "--rule", "push", s["study"]], timeout=120)
+    stop.set()
+    w.join()
+    assert r.rc == 0, f"fire: exit {r.rc}:\n{r.stdout}\n{h.tail(r.stderr)}"
+    assert f"the daemon (pid {d.proc.pid})" in r.stdout and "done: exported to push/P66-RUN-EX1" in \
+        r.stdout, r.stdout
+    h.assert_tree_matches(o, ws.storage, h.expected_files(o, s["study"], "push/P66-RUN-EX1"),
+                          exact=False)
+    assert seen and set(seen) == {40}, f"a partial tree under the final name: {sorted(set(seen))}"
+    jobs = [j for j in f_jobs(ws) if j["rule"] == "push"]
+    assert [j["status"] for j in jobs] == ["done"], f"the job ran more than once: {jobs}"
+    rc = d.stop(signal.SIGTERM, timeout=10)
+    assert rc == 0, f"SIGTERM: exit {rc}:\n{h.tail(d.stderr())}"
+    # with no daemon, fire runs the job itself (and holds the folder meanwhile)
+    s2 = study(o, "P67", desc="MANUAL", n=2)
+    r = ws.run(["fire", "--rule", "push", s2["study"]], expect_rc=0)
+    assert "handed to it" not in r.stdout, r.stdout
+    h.assert_tree_matches(o, ws.storage, h.expected_files(o, s2["study"], "push/P67-RUN-EX1"),
+                          exact=False)
+
+
+def f_jobs(ws):
+    import faults
+    return faults.jobs(ws)
 
 
 if __name__ == "__main__":
