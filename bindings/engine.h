@@ -61,6 +61,7 @@ typedef struct ar_rule_info {
     char destination[256];  /* modality for forward, "" otherwise */
     int active;             /* IsActive */
     int priority;           /* AR_PRIORITY_* (core/state.h): urgent jobs start first in their lane */
+    int unconditional;      /* a JSON rule without conditions: it matches every study/series */
     int ok;                 /* 0: broken, see error */
     char error[2048];       /* "rules/x.json: Tags[2].Operator: unknown operator 'foo' (allowed: ...)" */
 } ar_rule_info;
@@ -70,6 +71,11 @@ typedef struct ar_rule_info {
  * files are kept as rules with ok=0 (reported by the caller).  Returns an
  * error only when the folder itself can't be read. */
 int ar_engine_load_rules_dir(ar_engine *e, const char *dir, char *err, size_t errlen);
+
+/* Why a file named `name` in a rules folder is not loaded although it
+ * looks meant as a rule (master*, *template*, "X.JSON", "x.json.bak"), or
+ * NULL (loaded, or plainly not a rule). */
+const char *ar_engine_ignored_file(const char *name);
 
 /* Replace the loaded rules by exactly these files (for `check FILE...`). */
 int ar_engine_load_rule_files(ar_engine *e, const char *const *files, size_t n,

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include <lauxlib.h>
@@ -68,6 +69,8 @@ static int load_door(lua_State *L)
                             : strcmp(p, "urgent") == 0 ? AR_PRIORITY_URGENT
                             : strcmp(p, "low") == 0 ? AR_PRIORITY_LOW : AR_PRIORITY_NORMAL;
     }
+    lua_getfield(L, 2, "unconditional");
+    c->info->unconditional = lua_toboolean(L, -1);
     lua_getfield(L, 2, "naming_hook");
     ar_copy_lstr(L, -1, c->hook, sizeof c->hook, "naming_hook", 1);
     return 0;
@@ -334,6 +337,27 @@ int ar_engine_load_ruleset(ar_engine *e, const ar_ruleset *s, char *err, size_t 
     e->replay = NULL;
     free(paths);
     return rc;
+}
+
+const char *ar_engine_ignored_file(const char *name)
+{
+    size_t n = strlen(name);
+    const char *dot = strrchr(name, '.');
+    if (name[0] == '.')
+        return NULL; /* hidden files, ".", "..": not meant as rules */
+    if (!ext_kind(name)) {
+        if (dot && (!strcasecmp(dot, ".json") || !strcasecmp(dot, ".lua")))
+            return "the extension must be lower-case .json or .lua: rename it to be loaded";
+        if (n > 5 && (!strcasecmp(name + n - 5, ".json~") || strstr(name, ".json.") ||
+                      strstr(name, ".lua.")))
+            return "not a .json or .lua file (a backup or a copy?)";
+        return NULL; /* not a rule at all (README, notes) */
+    }
+    if (strncmp(name, "master", 6) == 0)
+        return "names starting with 'master' are not loaded (the original autorthanc's convention)";
+    if (strstr(name, "template"))
+        return "names containing 'template' are not loaded (the original autorthanc's convention)";
+    return NULL;
 }
 
 static int wanted(const char *name)

@@ -1,4 +1,5 @@
 /* cmd_check.c - `autorthanc check`: load and compile rules, report each. */
+#include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,10 @@ int ar_cmd_check(int argc, char **argv)
         }
         printf("%s%-24s %-6s %-8s%s%s%s  OK\n", lead, r->name, r->check_on, r->action,
                r->destination[0] ? " -> " : "", r->destination, r->active ? "" : " (inactive)");
+        if (r->unconditional)
+            printf("%s%-24s WARNING no conditions (\"Tags\": []): every %s matches and is %s; "
+                   "is that meant?\n", lead, r->name, r->check_on,
+                   strcmp(r->action, "forward") ? "exported" : "forwarded");
         if (emit) {
             char *src = NULL;
             if (ar_engine_rule_source(a.engine, i, &src, err, sizeof err) == 0) {
@@ -57,6 +62,18 @@ int ar_cmd_check(int argc, char **argv)
                 printf("-- %s: %s\n", r->name, err);
             }
         }
+    }
+    if (!o.npos) {
+        /* files that look like rules but are not loaded: say so, and why */
+        DIR *d = opendir(a.cfg.rules_dir);
+        struct dirent *de;
+        while (d && (de = readdir(d)) != NULL) {
+            const char *why = ar_engine_ignored_file(de->d_name);
+            if (why)
+                printf("%s%-24s IGNORED %s\n", emit ? "-- " : "", de->d_name, why);
+        }
+        if (d)
+            closedir(d);
     }
     if (n == 0)
         printf("no rules found in %s\n", o.npos ? "the given files" : a.cfg.rules_dir);

@@ -1033,6 +1033,9 @@ local function compile_rule(rule, filename)
     if comment ~= nil then add("  comment = " .. lit(comment) .. ",") end
     if priority ~= nil then add("  priority = " .. lit(priority) .. ",") end
     if hook then add("  naming_hook = " .. lit(hook) .. ",  -- name/series_name/file_name from this file") end
+    if #conds == 0 and not any_node then
+        add("  unconditional = true,  -- no conditions: `autorthanc check` warns")
+    end
     add("")
     add("  match = function(study, series)")
     if #conds == 0 and not any_node then

@@ -52,6 +52,7 @@ function host.load_rule(i, name, file, kind, text)
         check_on = rec.check_on, action = rec.action,
         destination = rec.destination, active = rec.active,
         naming_hook = rec.naming_hook, priority = rec.priority,
+        unconditional = rec.unconditional,
     }
 end
 

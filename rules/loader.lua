@@ -17,7 +17,7 @@ local loader = {}
 
 local FIELDS = {
     check_on = true, action = true, destination = true, active = true, comment = true,
-    priority = true,
+    priority = true, unconditional = true,
     match = true, name = true, series_name = true, file_name = true, on_exported = true,
 }
 local HOOKS = { "name", "series_name", "file_name", "on_exported" }
@@ -76,7 +76,8 @@ function loader.validate(rule, file, kind)
         for k in pairs(rule) do
             if not FIELDS[k] then
                 fail(file, "unknown field " .. show(k) .. " (allowed: action, active, check_on, " ..
-                    "comment, destination, file_name, match, name, on_exported, priority, series_name)")
+                    "comment, destination, file_name, match, name, on_exported, priority, series_name, " ..
+                    "unconditional)")
             end
         end
     end
@@ -122,6 +123,8 @@ function loader.validate(rule, file, kind)
     local rec = {
         check_on = check_on, action = action, destination = destination, active = active,
         priority = priority, comment = comment, match = rule.match, rule = rule, naming_hook = naming_hook,
+        -- no conditions (the JSON compiler says so): it matches everything
+        unconditional = rule.unconditional == true,
     }
     for _, h in ipairs(HOOKS) do
         local f = rule[h]

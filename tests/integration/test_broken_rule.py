@@ -102,12 +102,42 @@ def test_check_good_rules_exit_0(t):
     assert r.rc == 0, f"check exited {r.rc}:\n{output(r)}"
     out = output(r)
     assert "good_study" in out and "good_series" in out, out
-    assert "master_broken" not in out and "some_template" not in out, out
+    # ignored names are not checked (no BROKEN), but listed with the reason
+    for name, why in (("master_broken.json", "starting with 'master'"),
+                      ("some_template.json", "containing 'template'")):
+        line = [ln for ln in out.splitlines() if name in ln]
+        assert len(line) == 1 and "IGNORED" in line[0] and why in line[0], out
+    assert "BROKEN" not in out, out
     series_line = [ln for ln in out.splitlines() if "good_series" in ln][0].lower()
     assert "series" in series_line and "ok" in series_line, series_line
     # naming one good file
     r = ws.check([os.path.join(ws.rules, "good_study.json")])
     assert r.rc == 0, output(r)
+
+
+def test_check_warns_about_what_a_user_would_not_mean(t):
+    """A rule with no conditions ("Tags": [], the disk-filling mistake) is
+    valid but warned about; files that look like rules but are not loaded
+    (a capitalised extension, a backup copy) are listed with the reason."""
+    ws = t.workspace()
+    good_rules(ws)
+    ws.write("everything", {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
+                            "Tags": []})
+    ws.write("chest rule.JSON", {"CheckOn": "Study", "IsActive": True, "Action": "DOWNLOAD",
+                                 "Tags": [{"TagName": "BodyPartExamined", "Value": "CHEST"}]})
+    ws.write("good_study.json.bak", "{}")
+    ws.write("README.txt", "notes")
+    r = ws.check()
+    assert r.rc == 0, f"check exited {r.rc}:\n{output(r)}"
+    out = output(r)
+    warn = [ln for ln in out.splitlines() if ln.startswith("everything") and "WARNING" in ln]
+    assert warn and "no conditions" in warn[0] and "every study matches" in warn[0], out
+    assert not [ln for ln in out.splitlines() if ln.startswith("good_study ") and "WARNING" in ln], out
+    jl = [ln for ln in out.splitlines() if "chest rule.JSON" in ln]
+    assert jl and "IGNORED" in jl[0] and "lower-case .json" in jl[0], out
+    bl = [ln for ln in out.splitlines() if "good_study.json.bak" in ln]
+    assert bl and "IGNORED" in bl[0], out
+    assert "README.txt" not in out, out
 
 
 def test_emit_lua(t):
