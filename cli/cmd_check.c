@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/err.h"
+#include "../core/orthanc.h"
 #include "app.h"
 #include "opts.h"
 
@@ -14,6 +16,39 @@ static const char check_usage[] =
     "one line per rule: name, trigger, action, OK or the error.  Exit 1 if any rule\n"
     "is broken.  --emit-lua also prints the Lua each rule compiles to (a valid Lua\n"
     "rule you can start from).\n";
+
+/* FORWARD destinations against the modalities Orthanc knows, when it
+ * answers (offline, nothing is verified and that is said); returns how many
+ * rules name a modality Orthanc does not have. */
+static int check_destinations(ar_app *a, const char *lead)
+{
+    char known[4096], err[1024], list[4100];
+    int bad = 0, any = 0;
+    size_t n = ar_engine_rule_count(a->engine);
+    for (size_t i = 0; i < n; i++)
+        any |= ar_engine_rule(a->engine, i)->ok && ar_engine_rule(a->engine, i)->destination[0];
+    if (!any)
+        return 0;
+    if (ar_app_open_http(a) != AR_EXIT_OK ||
+        ar_orthanc_modalities(a->http, known, sizeof known, err, sizeof err) != AR_OK) {
+        printf("%sFORWARD destinations not verified: %s\n", lead, a->http ? err : "no client");
+        return 0;
+    }
+    snprintf(list, sizeof list, ", %s, ", known);
+    for (size_t i = 0; i < n; i++) {
+        const ar_rule_info *r = ar_engine_rule(a->engine, i);
+        char needle[300];
+        if (!r->ok || !r->destination[0])
+            continue;
+        snprintf(needle, sizeof needle, ", %s, ", r->destination);
+        if (strstr(list, needle))
+            continue;
+        printf("%s%-24s BROKEN  modality '%s' is not configured in Orthanc at %s (known: %s)\n",
+               lead, r->name, r->destination, a->cfg.orthanc_url, known);
+        bad++;
+    }
+    return bad;
+}
 
 int ar_cmd_check(int argc, char **argv)
 {
@@ -77,6 +112,7 @@ int ar_cmd_check(int argc, char **argv)
     }
     if (n == 0)
         printf("no rules found in %s\n", o.npos ? "the given files" : a.cfg.rules_dir);
+    broken += check_destinations(&a, emit ? "-- " : "");
     code = broken ? AR_EXIT_FAIL : AR_EXIT_OK;
 out:
     ar_app_close(&a);

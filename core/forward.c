@@ -27,12 +27,15 @@ int ar_forward_submit(ar_http *h, const char *modality, const char *resource_id,
     if (rc) {
         if (b.data && ar_ojson_get(b.data, b.len, "Message", detail, sizeof detail, NULL, 0))
             detail[0] = 0;
-        if (rc == AR_ENOTFOUND)
+        if (rc == AR_ENOTFOUND) {
             /* Orthanc says "Accessing an inexistent item" for an unknown modality */
+            char known[512] = "?", kerr[256];
+            ar_orthanc_modalities(h, known, sizeof known, kerr, sizeof kerr);
             rc = ar_seterr(err, errlen, AR_ERULE,
-                           "forward to modality '%s': Orthanc has no such modality (%s): add it "
-                           "to Orthanc's DicomModalities or fix the rule's Destination",
-                           modality, detail[0] ? detail : "HTTP 404");
+                           "modality '%s' is not configured in Orthanc (known: %s): add it to "
+                           "Orthanc's DicomModalities or fix the rule's DestinationModality",
+                           modality, known);
+        }
         else if (detail[0])
             ar_seterr(err, errlen, rc, "forward to modality '%s' failed: %s", modality, detail);
         else {

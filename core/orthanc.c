@@ -3,9 +3,11 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "err.h"
+#include "orthanc_json.h"
 
 void ar_study_answers_free(ar_study_answers *a)
 {
@@ -81,6 +83,25 @@ int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *
     char path[128];
     snprintf(path, sizeof path, "/changes?since=%" PRId64 "&limit=%d", since, limit);
     return explain(h, "/changes", out, ar_http_get(h, path, out, err, errlen), err, errlen);
+}
+
+int ar_orthanc_modalities(ar_http *h, char *out, size_t outlen, char *err, size_t errlen)
+{
+    ar_buf b = {0};
+    char **names = NULL;
+    size_t n = 0, o = 0;
+    int rc = explain(h, "/modalities", &b, ar_http_get(h, "/modalities", &b, err, errlen), err,
+                     errlen);
+    if (rc == AR_OK && (rc = ar_ojson_list(b.data, b.len, "", &names, &n, err, errlen)) == AR_OK) {
+        out[0] = '\0';
+        for (size_t i = 0; i < n && o + 1 < outlen; i++)
+            o += (size_t)snprintf(out + o, outlen - o, "%s%s", i ? ", " : "", names[i]);
+        if (n == 0)
+            snprintf(out, outlen, "none");
+    }
+    free(names);
+    ar_buf_free(&b);
+    return rc;
 }
 
 int ar_orthanc_system(ar_http *h, ar_buf *out, char *err, size_t errlen)

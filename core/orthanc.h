@@ -31,6 +31,8 @@ int ar_orthanc_fetch_study(ar_http *h, const char *study_id, ar_study_answers *o
  * (404); AR_EHTTP for both. */
 int ar_orthanc_changes(ar_http *h, int64_t since, int limit, ar_buf *out, char *err, size_t errlen);
 int ar_orthanc_system(ar_http *h, ar_buf *out, char *err, size_t errlen);
+/* The names of the DICOM modalities Orthanc knows ("A, B", "none"). */
+int ar_orthanc_modalities(ar_http *h, char *out, size_t outlen, char *err, size_t errlen);
 int ar_orthanc_series(ar_http *h, const char *series_id, ar_buf *out, char *err, size_t errlen);
 
 /* Does Orthanc answer at all (GET /system)?  Tells one request's trouble

@@ -96,7 +96,22 @@ def test_forward_unknown_modality_fails_naming_it(t):
     src.wait_stable(s["study"])
     r = ws.run_once(expect_rc=1, timeout=180)
     assert "NOSUCHPACS" in r.stderr, f"stderr does not name the modality:\n{h.tail(r.stderr)}"
+    assert "modality 'NOSUCHPACS' is not configured in Orthanc (known: DEST)" in r.stderr, \
+        h.tail(r.stderr)
+    assert "inexistent item" not in r.stderr, h.tail(r.stderr)
     assert dest.get("/instances") == []
+    # `check` verifies destinations against Orthanc's modalities when it answers
+    ws.rule("to_dest", action="FORWARD", destination="DEST", tags=[("PatientID", "Patient", "P44")])
+    r = ws.check()
+    out = r.stdout + r.stderr
+    assert r.rc == 1, out
+    bad = [ln for ln in out.splitlines() if ln.startswith("to_nowhere") and "BROKEN" in ln]
+    assert bad and "modality 'NOSUCHPACS' is not configured in Orthanc" in bad[0], out
+    assert not [ln for ln in out.splitlines() if ln.startswith("to_dest") and "BROKEN" in ln], out
+    # offline, nothing is verified (and that is said)
+    r = ws.check(env={"AUTORTHANC_ORTHANC_URL": "http://127.0.0.1:%d" % t.dead_port()})
+    assert r.rc == 0 and "FORWARD destinations not verified" in r.stdout + r.stderr, \
+        r.stdout + r.stderr
 
 
 if __name__ == "__main__":
